@@ -1,0 +1,105 @@
+"""AWQ search math: per-channel scale grid search and clip search. Pure tensor functions, no I/O.
+
+Shapes: weights are (N, K) = (out_features, in_features); activations are (T, K) or
+(..., K) with the channel last. All arithmetic is fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .quant import fake_quantize
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    ratio: float
+    scales: torch.Tensor  # (K,) fp32: divide the input (prev op) by it, multiply weight columns by it
+    losses: tuple[float, ...]  # output MSE per grid point
+
+
+def channel_mean_abs(x: torch.Tensor) -> torch.Tensor:
+    """(..., K) → (K,) mean |x| per input channel, the AWQ activation statistic."""
+    k = x.shape[-1]
+    flat = x.reshape(-1, k)
+    total = torch.zeros(k, dtype=torch.float64, device=x.device)
+    for chunk in flat.split(8192):  # bounded temporaries; fp64 sum keeps long sums exact enough
+        total += chunk.abs().sum(0, dtype=torch.float64)
+    return (total / flat.shape[0]).float()
+
+
+def grid_scales(x_mean: torch.Tensor, ratio: float) -> torch.Tensor:
+    """s = x_mean^ratio, clamped at 1e-4 and normalised by sqrt(max · min)."""
+    s = x_mean.pow(ratio).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def search_scale(x_mean: torch.Tensor, weights: dict[str, torch.Tensor],
+                 loss_fn: Callable[[dict[str, torch.Tensor]], float], group_size: int,
+                 n_grid: int = 20) -> ScaleResult:
+    """Grid-search the ratio whose scales give the least output error after quantization.
+
+    ``weights`` are the FP weights of the linears that share this input; ``loss_fn`` gets the
+    candidate weights Q(W·s)/s by name and returns the inspected module's output MSE.
+    """
+    best, best_loss, losses = None, float("inf"), []
+    for i in range(n_grid):
+        ratio = i / n_grid
+        s = grid_scales(x_mean, ratio)
+        cand = {name: fake_quantize(w * s, group_size) / s for name, w in weights.items()}
+        loss = loss_fn(cand)
+        losses.append(loss)
+        if loss < best_loss:
+            best, best_loss = (ratio, s), loss
+    if best is None:  # every loss was NaN/inf: no scaling is the safe answer
+        return ScaleResult(0.0, torch.ones_like(x_mean), tuple(losses))
+    return ScaleResult(best[0], best[1], tuple(losses))
+
+
+def sample_tokens(x: torch.Tensor, n: int = 512) -> torch.Tensor:
+    """(..., K) → (≈n, K): every (T // n)-th token, the reference's strided sample."""
+    flat = x.reshape(-1, x.shape[-1])
+    return flat[:: max(flat.shape[0] // n, 1)]
+
+
+def group_gram(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (T, K) → (K/g, g, g): per input group, X_jᵀ X_j / T.
+
+    The clip objective — mean over tokens of the squared per-group partial output error
+    (x_j · d_j)² — equals d_jᵀ G_j d_j, so the tokens are folded in once instead of once per
+    candidate (same objective, about T/g times less work per candidate).
+    """
+    t, k = x.shape
+    xg = x.reshape(t, k // group_size, group_size).transpose(0, 1)  # (G, T, g)
+    return xg.transpose(1, 2) @ xg / t
+
+
+def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int, n_grid: int = 20,
+                max_shrink: float = 0.5) -> torch.Tensor:
+    """Per (output channel, group) clip threshold: max|w|·(1 − i/n_grid), i < max_shrink·n_grid,
+    minimising the group's output error. w (N, K), gram from ``group_gram`` → (N, K/g) fp32."""
+    n, k = w.shape
+    wg = w.reshape(n, k // group_size, group_size)
+    org_max = wg.abs().amax(dim=-1, keepdim=True)
+    best_max = org_max.clone()
+    best_err = torch.full((n, k // group_size), float("inf"), device=w.device)
+    for i in range(int(max_shrink * n_grid)):
+        max_val = org_max * (1 - i / n_grid)
+        cur = torch.maximum(torch.minimum(wg, max_val), -max_val)
+        d = fake_quantize(cur.reshape(n, k), group_size).reshape(wg.shape) - wg
+        err = (torch.einsum("ngi,gij->ngj", d, gram) * d).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_max = torch.where(better.unsqueeze(-1), max_val, best_max)
+    return best_max.squeeze(-1)
+
+
+def apply_clip(w: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Clamp each (output channel, group) of w (N, K) to ±max_val (N, K/g)."""
+    n, k = w.shape
+    m = max_val.unsqueeze(-1)
+    wg = w.reshape(n, k // group_size, group_size)
+    return torch.maximum(torch.minimum(wg, m), -m).reshape(n, k)

@@ -1,0 +1,225 @@
+"""The one model definition: a lean llama-style decoder shared by the quantizer, eval and runtime.
+
+Module and parameter names follow HF (``model.layers.3.self_attn.q_proj.weight``) so weights load
+by name. Weights stay in their storage dtype (bf16 on disk) and are cast to the activation dtype
+per call, so a CPU run computes in fp32 without holding an fp32 copy of the model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_awq.kernels.quant_linear import QuantLinear
+
+from .config import ModelConfig, QuantConfig
+from .errors import EdgeAwqError
+from .families import LINEAR_NAMES
+from .weights import WeightReader
+
+
+class Linear(nn.Linear):
+    """nn.Linear that casts its (storage-dtype) weight to the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), b)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32, then scale in the activation dtype, as the HF models do.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight.to(x.dtype) * h.to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """(head_dim/2,) fp32 inverse frequencies, with the config's rope scaling applied."""
+    d = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv
+    if rs["rope_type"] == "linear":
+        return inv / float(rs["factor"])
+    # llama3: long wavelengths slowed by `factor`, short ones kept, a smooth blend in between.
+    factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old_len = float(rs["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    out = torch.where(wavelen > old_len / lo, inv / factor, inv)
+    mid = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(mid, blended, out)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (T,) → cos, sin (T, head_dim) in ``dtype``."""
+    freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D): rotate channel pairs (i, i + D/2), the HF "rotate_half" convention."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = Linear(cfg.hidden_size, q, bias=cfg.qkv_bias)
+        self.k_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.v_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.o_proj = Linear(q, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x (B, T, hidden) → (B, T, hidden), causal over T."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def forward(self, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """tokens (B, T) int64 → logits (B, T, vocab) fp32; activations computed in ``dtype``."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, dtype)
+        x = self.model.embed_tokens(tokens).to(dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        return self.lm_head(self.model.norm(x)).float()
+
+
+def block_prefix(i: int) -> str:
+    return f"model.layers.{i}."
+
+
+def quantize_block_modules(block: Block, cfg: ModelConfig, qcfg: QuantConfig) -> None:
+    """Swap a block's dense linears for empty QuantLinears (to be filled from a checkpoint)."""
+    for name in LINEAR_NAMES:
+        parent_name, attr = name.split(".")
+        parent = getattr(block, parent_name)
+        dense = getattr(parent, attr)
+        setattr(parent, attr, QuantLinear(dense.in_features, dense.out_features, qcfg.group_size,
+                                          bias=dense.bias is not None, device="meta"))
+
+
+def load_state(module: nn.Module, reader: WeightReader, prefix: str, dtype: torch.dtype | None) -> None:
+    """Fill ``module`` (built on the meta device) with tensors ``prefix + name`` from the reader.
+
+    Float tensors are converted to ``dtype`` (None keeps the stored dtype); packed ints stay as stored.
+    """
+    state = {}
+    for name, ref in list(module.named_parameters()) + list(module.named_buffers()):
+        if name == "inv_freq":
+            continue
+        full = prefix + name
+        t = reader.get(full)
+        if tuple(t.shape) != tuple(ref.shape):
+            raise EdgeAwqError(f"{reader.folder}: tensor '{full}' has shape {tuple(t.shape)}, "
+                               f"expected {tuple(ref.shape)}")
+        if t.is_floating_point() and dtype is not None:
+            t = t.to(dtype)
+        elif t.dtype != ref.dtype and not t.is_floating_point():
+            raise EdgeAwqError(f"{reader.folder}: tensor '{full}' has dtype {t.dtype}, expected {ref.dtype}")
+        state[name] = t
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def build_block(cfg: ModelConfig, qcfg: QuantConfig | None = None) -> Block:
+    with torch.device("meta"):
+        block = Block(cfg)
+    if qcfg is not None:
+        quantize_block_modules(block, cfg, qcfg)
+    return block
+
+
+def load_block(reader: WeightReader, cfg: ModelConfig, i: int, dtype: torch.dtype | None,
+               qcfg: QuantConfig | None = None) -> Block:
+    block = build_block(cfg, qcfg)
+    load_state(block, reader, block_prefix(i), dtype)
+    return block
+
+
+def load_model(folder: Path, dtype: torch.dtype | None = None) -> CausalLM:
+    """Load a dense or AWQ (GEMM layout) checkpoint from a folder of safetensors files.
+
+    ``dtype`` converts float weights (None keeps the stored dtype: bf16 stays bf16 in memory).
+    """
+    folder = Path(folder)
+    cfg = ModelConfig.from_folder(folder)
+    qcfg = QuantConfig.from_folder(folder)
+    reader = WeightReader(folder)
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    model.inv_freq = rope_inv_freq(cfg)
+    for i in range(cfg.num_layers):
+        model.model.layers[i] = load_block(reader, cfg, i, dtype, qcfg)
+    load_state(model.model.embed_tokens, reader, "model.embed_tokens.", dtype)
+    load_state(model.model.norm, reader, "model.norm.", dtype)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    else:
+        load_state(model.lm_head, reader, "lm_head.", dtype)
+    return model.eval()

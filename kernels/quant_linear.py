@@ -1,0 +1,28 @@
+"""QuantLinear: the module that holds one W4A16 linear in the AutoAWQ GEMM layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .reference import w4a16_linear_reference
+
+
+class QuantLinear(nn.Module):
+    """Drop-in for a dense linear; buffers keep the checkpoint's names (qweight, qzeros, scales, bias)."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        groups = in_features // group_size
+        self.register_buffer("qweight", torch.empty(in_features, out_features // 8, dtype=torch.int32, device=device))
+        self.register_buffer("qzeros", torch.empty(groups, out_features // 8, dtype=torch.int32, device=device))
+        self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=torch.float16, device=device) if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return w4a16_linear_reference(x, self.qweight, self.qzeros, self.scales, self.bias, self.group_size)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, group={self.group_size}"
