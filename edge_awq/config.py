@@ -46,6 +46,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None
     tie_word_embeddings: bool
     qkv_bias: bool
+    o_bias: bool
     mlp_bias: bool
     max_position_embeddings: int
     bos_token_id: int | None = None
@@ -55,6 +56,11 @@ class ModelConfig:
     @property
     def family(self) -> Family:
         return FAMILIES[self.model_type]
+
+    def linear_bias(self, name: str) -> bool:
+        if name == "self_attn.o_proj":
+            return self.o_bias
+        return self.qkv_bias if name.startswith("self_attn.") else self.mlp_bias
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each quantized linear in a block, by name."""
@@ -106,6 +112,7 @@ class ModelConfig:
                 rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                 qkv_bias=family.qkv_bias(d),
+                o_bias=family.o_bias(d),
                 mlp_bias=bool(d.get("mlp_bias", False)),
                 max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
                 bos_token_id=d.get("bos_token_id"),

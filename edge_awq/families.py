@@ -42,14 +42,16 @@ NO_CLIP = ("self_attn.q_proj", "self_attn.k_proj")
 class Family:
     name: str
     qkv_bias: Callable[[dict[str, Any]], bool]
+    o_bias: Callable[[dict[str, Any]], bool]
     scale_groups: tuple[ScaleGroup, ...] = LLAMA_GROUPS
     no_clip: tuple[str, ...] = NO_CLIP
 
 
 FAMILIES = {
-    "llama": Family("llama", lambda cfg: bool(cfg.get("attention_bias", False))),
-    "qwen2": Family("qwen2", lambda cfg: True),
-    "mistral": Family("mistral", lambda cfg: False),
+    "llama": Family("llama", lambda cfg: bool(cfg.get("attention_bias", False)),
+                    lambda cfg: bool(cfg.get("attention_bias", False))),
+    "qwen2": Family("qwen2", lambda cfg: True, lambda cfg: False),
+    "mistral": Family("mistral", lambda cfg: False, lambda cfg: False),
 }
 
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -85,7 +85,7 @@ class Attention(nn.Module):
         self.q_proj = Linear(cfg.hidden_size, q, bias=cfg.qkv_bias)
         self.k_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
-        self.o_proj = Linear(q, cfg.hidden_size, bias=False)
+        self.o_proj = Linear(q, cfg.hidden_size, bias=cfg.o_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x (B, T, hidden) → (B, T, hidden), causal over T."""

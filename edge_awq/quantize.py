@@ -99,9 +99,8 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "post_attention_layernorm.weight"] = (cfg.hidden_size,)
         for name, (k, n) in cfg.linear_shapes().items():
             shapes[f"{p}{name}.weight"] = (n, k)
-        if cfg.qkv_bias:
-            for name in ("q_proj", "k_proj", "v_proj"):
-                shapes[f"{p}self_attn.{name}.bias"] = (cfg.linear_shapes()[f"self_attn.{name}"][1],)
+            if cfg.linear_bias(name):
+                shapes[f"{p}{name}.bias"] = (n,)
     return shapes
 
 

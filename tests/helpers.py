@@ -1,0 +1,41 @@
+"""Test helpers: tiny random-weight HF models of each family."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+def tiny_config(model_type: str, **overrides):
+    from transformers import AutoConfig
+
+    base = dict(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                rms_norm_eps=1e-6, tie_word_embeddings=False)
+    base.update(overrides)
+    return AutoConfig.for_model(model_type, **base)
+
+
+def make_tiny_model(folder: Path, model_type: str, tokenizer_from: Path | None = None, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, **overrides) -> Path:
+    """Save a random-weight HF model of the given family (safetensors) into ``folder``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():  # trained-like spread: norms near 1, other weights ~0.05
+            if p.dim() == 1 and p.shape[0] == model.config.hidden_size:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.05)
+    model.to(dtype).save_pretrained(folder)
+    if tokenizer_from is not None:
+        for name in TOKENIZER_FILES:
+            if (tokenizer_from / name).exists():
+                shutil.copy(tokenizer_from / name, folder / name)
+    return folder

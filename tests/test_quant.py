@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from edge_awq.quant import dequantize, fake_quantize, quantize
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_quantize_error_within_one_step(group):
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(group)) * 0.1
+    q, scale, zero = quantize(w, group)
+    assert q.min() >= 0 and q.max() <= 15 and zero.max() <= 15
+    assert torch.equal(scale, scale.half().float())  # what the fp16 checkpoint stores
+    err = (dequantize(q, scale, zero, group) - w).abs().reshape(48, -1, group)
+    # Rounding the zero point can push a group's end one step out of range, so the bound is one
+    # step; the typical error is the uniform-rounding quarter step.
+    steps = err / scale.unsqueeze(-1)
+    assert (steps <= 1 + 1e-5).all()
+    assert 0.2 < steps.mean() < 0.3
+
+
+def test_fake_quantize_is_idempotent_and_uses_16_levels():
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    once = fake_quantize(w, 128)
+    assert torch.allclose(fake_quantize(once, 128), once, atol=1e-6)
+    assert all(len(torch.unique(row)) <= 16 for row in once)
+
+
+def test_group_must_divide_in_features():
+    with pytest.raises(ValueError, match="not a multiple"):
+        quantize(torch.randn(4, 96), 64)
