@@ -239,7 +239,7 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
 
 def _fp16(name: str, t: torch.Tensor) -> torch.Tensor:
     h = t.half()
-    if not torch.isfinite(h).all():
+    if not all(torch.isfinite(c).all() for c in h.view(-1).split(1 << 24)):  # bounded temporaries
         raise EdgeAwqError(f"tensor '{name}' overflows float16 after scaling; cannot write an AWQ checkpoint")
     return h
 

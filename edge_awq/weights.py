@@ -168,6 +168,7 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | 
                 if got_name != name or t.dtype != dtype or tuple(t.shape) != shape:
                     raise ValueError(f"streamed tensor {got_name} does not match its spec {name}")
                 f.write(memoryview(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()))
+                del t  # else it stays alive while the generator builds the next tensor
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

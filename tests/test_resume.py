@@ -1,0 +1,55 @@
+"""An interrupted quantization, rerun, gives the same checkpoint as an uninterrupted one."""
+
+import pytest
+import torch
+from helpers import make_tiny_model
+
+from edge_awq.calibration import CalibConfig
+from edge_awq.quantize import STATE, QuantizeOptions, quantize_model
+from edge_awq.weights import WeightReader
+
+OPTS = QuantizeOptions(group_size=32, calib=CalibConfig(max_blocks=3, block_tokens=64), chunk_blocks=2)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_at(block):
+    def progress(done, total, msg):
+        if done == block:
+            raise Interrupt
+    return progress
+
+
+def _tensors(folder):
+    r = WeightReader(folder)
+    return {n: r.get(n) for n in r.tensors}
+
+
+@pytest.fixture(scope="module")
+def model_and_reference(tmp_path_factory, smollm2):
+    root = tmp_path_factory.mktemp("resume")
+    model = make_tiny_model(root / "m", "qwen2", tokenizer_from=smollm2, num_hidden_layers=4)
+    quantize_model(model, root / "ref", OPTS)
+    return model, _tensors(root / "ref")
+
+
+@pytest.mark.parametrize("lose_inputs", [False, True])
+def test_resume_gives_identical_tensors(tmp_path, model_and_reference, lose_inputs):
+    model, ref = model_and_reference
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        quantize_model(model, out, OPTS, progress=_stop_at(2))
+    state = out / STATE
+    assert sorted(p.name for p in state.glob("block_*")) == ["block_0000.safetensors", "block_0001.safetensors"]
+    assert not (out / "config.json").exists(), "an unfinished run must not look like a checkpoint"
+    if lose_inputs:  # as if the crash came between the block result and the saved activations
+        (state / "inputs.safetensors").unlink()
+    report = quantize_model(model, out, OPTS)
+    assert report["resumed_from_block"] == 2
+    assert not state.exists()
+    got = _tensors(out)
+    assert got.keys() == ref.keys()
+    for name, t in ref.items():
+        assert torch.equal(got[name], t), name
