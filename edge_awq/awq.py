@@ -6,8 +6,8 @@ Shapes: weights are (N, K) = (out_features, in_features); activations are (T, K)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -93,7 +93,8 @@ class ModelConfig:
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_TYPES:
-            raise EdgeAwqError(f"{source}: rope type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+            raise EdgeAwqError(
+                f"{source}: rope type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         eos = d.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))

@@ -5,8 +5,9 @@ Adding a family means adding one ``Family`` entry here; the model and the quanti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from .memory import peak_device_bytes, peak_rss_bytes
 from .model import Attention, Block, RMSNorm, block_prefix, load_block, rope_cos_sin, rope_inv_freq
 from .pack import pack_linear
 from .quant import quantize
-from .weights import WeightReader, read_header, read_tensor, write_json, write_safetensors
+from .weights import WeightReader, read_header, read_tensor, write_json, write_safetensors, write_sharded
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,21 @@ def _capture(block: Block, x: torch.Tensor, groups: tuple[ScaleGroup, ...], rope
     return {name: torch.cat(p) for name, p in parts.items()}, out
 
 
+def _output_mse(inspect: nn.Module, g: ScaleGroup, xin: torch.Tensor, refs: list[torch.Tensor], rope, chunk: int
+                ) -> Callable[[dict[str, torch.Tensor]], float]:
+    """Loss for the scale search: MSE of ``inspect``'s output with candidate weights vs the FP ``refs``."""
+    rel = {n: (n[len(g.inspect) + 1:] + ".weight" if n != g.inspect else "weight") for n in g.linears}
+
+    def loss_fn(cand: dict[str, torch.Tensor]) -> float:
+        params = {rel[n]: w for n, w in cand.items()}
+        total = 0.0
+        for xc, ref in zip(xin.split(chunk), refs, strict=True):
+            total += (_call(inspect, xc, rope, params) - ref).pow(2).sum(dtype=torch.float64).item()
+        return total / (xin.shape[0] * xin.shape[1] * refs[0].shape[-1])
+
+    return loss_fn
+
+
 def _group_applies(block: Block, group: ScaleGroup) -> bool:
     """A linear can absorb 1/s only if its outputs are exactly the group's inputs (not under GQA for v→o)."""
     prev = block.get_submodule(group.prev)
@@ -198,16 +213,8 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
         inspect = block.get_submodule(g.inspect)
         xin = feats[g.name]
         refs = [_call(inspect, xc, rope) for xc in xin.split(opts.chunk_blocks)]
-        rel = {n: (n[len(g.inspect) + 1:] if n != g.inspect else "") for n in g.linears}
         weights = {n: block.get_submodule(n).weight for n in g.linears}
-
-        def loss_fn(cand: dict[str, torch.Tensor]) -> float:
-            params = {(rel[n] + ".weight").lstrip("."): w for n, w in cand.items()}
-            total = 0.0
-            for xc, ref in zip(xin.split(opts.chunk_blocks), refs):
-                total += (_call(inspect, xc, rope, params) - ref).pow(2).sum(dtype=torch.float64).item()
-            return total / (xin.shape[0] * xin.shape[1] * refs[0].shape[-1])
-
+        loss_fn = _output_mse(inspect, g, xin, refs, rope, opts.chunk_blocks)
         res = search_scale(channel_mean_abs(xin), weights, loss_fn, group_size, opts.n_grid)
         chosen.append((g, res.scales))
         record["ratios"][g.name] = res.ratio
@@ -319,43 +326,21 @@ def _inputs_for(p: Plan, state: Path, start: int, device: torch.device, rope, ch
 
 def _assemble(p: Plan, state: Path, out_dir: Path) -> dict[str, int]:
     """Stream block results plus embeddings, norm and head into the output safetensors files."""
-    sources: list[tuple[str, Callable[[], torch.Tensor], torch.dtype, tuple[int, ...]]] = []
+    sources: list[tuple[str, torch.dtype, tuple[int, ...], Callable[[], torch.Tensor]]] = []
 
     def dense(name: str) -> None:
-        info = p.reader.info(name)
-        sources.append((name, lambda: _fp16(name, p.reader.get(name)), torch.float16, info.shape))
+        sources.append((name, torch.float16, p.reader.info(name).shape, lambda: _fp16(name, p.reader.get(name))))
 
     dense("model.embed_tokens.weight")
     for i in range(p.cfg.num_layers):
         tensors, _ = read_header(_block_file(state, i))
         for name, info in tensors.items():
             if not name.startswith("awq."):
-                sources.append((name, lambda info=info, name=name: read_tensor(info, name), info.dtype, info.shape))
+                sources.append((name, info.dtype, info.shape, lambda info=info, name=name: read_tensor(info, name)))
     dense("model.norm.weight")
     if not p.cfg.tie_word_embeddings:
         dense("lm_head.weight")
-
-    shards: list[list] = [[]]
-    size = 0
-    for src in sources:
-        n = src[2].itemsize * int(torch.Size(src[3]).numel())
-        if shards[-1] and size + n > MAX_SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(src)
-        size += n
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
-    weight_map, sizes = {}, {}
-    for fname, shard in zip(names, shards):
-        write_safetensors(out_dir / fname, ((s[0], s[1]()) for s in shard), {"format": "pt"},
-                          specs=[(s[0], s[2], s[3]) for s in shard])
-        weight_map.update({s[0]: fname for s in shard})
-        sizes[fname] = (out_dir / fname).stat().st_size
-    if len(shards) > 1:
-        write_json(out_dir / "model.safetensors.index.json",
-                   {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
-    return sizes
+    return write_sharded(out_dir, sources, MAX_SHARD_BYTES)
 
 
 def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -174,6 +174,33 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_sharded(folder: Path, sources: list[tuple[str, torch.dtype, tuple[int, ...], Callable[[], torch.Tensor]]],
+                  max_shard_bytes: int = 2 << 30) -> dict[str, int]:
+    """Stream tensors (name, dtype, shape, loader) into ``model.safetensors``, or into HF-named shards
+    of at most ``max_shard_bytes`` plus ``model.safetensors.index.json``. Returns bytes per file."""
+    shards: list[list] = [[]]
+    size = 0
+    for src in sources:
+        n = src[1].itemsize * int(torch.Size(src[2]).numel())
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(src)
+        size += n
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+    weight_map, sizes = {}, {}
+    for fname, shard in zip(names, shards, strict=True):
+        write_safetensors(folder / fname, ((s[0], s[3]()) for s in shard), {"format": "pt"},
+                          specs=[(s[0], s[1], s[2]) for s in shard])
+        weight_map.update({s[0]: fname for s in shard})
+        sizes[fname] = (folder / fname).stat().st_size
+    if len(shards) > 1:
+        write_json(folder / "model.safetensors.index.json",
+                   {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map})
+    return sizes
 
 
 def write_json(path: Path, data: object) -> None:

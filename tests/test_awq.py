@@ -2,8 +2,7 @@
 
 import torch
 
-from edge_awq.awq import (apply_clip, channel_mean_abs, grid_scales, group_gram, sample_tokens, search_clip,
-                          search_scale)
+from edge_awq.awq import apply_clip, channel_mean_abs, grid_scales, group_gram, sample_tokens, search_clip, search_scale
 from edge_awq.quant import fake_quantize
 
 

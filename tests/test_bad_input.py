@@ -4,10 +4,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers import make_tiny_model
 
 from edge_awq.cli import main
 from edge_awq.weights import WeightReader, read_tensor, write_safetensors
+from helpers import make_tiny_model
 
 
 @pytest.fixture(scope="module")

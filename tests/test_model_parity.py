@@ -5,7 +5,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from edge_awq.model import load_model
-
 from helpers import make_tiny_model
 
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from helpers import make_tiny_model
 
 from edge_awq.calibration import CalibConfig
 from edge_awq.quantize import STATE, QuantizeOptions, quantize_model
 from edge_awq.weights import WeightReader
+from helpers import make_tiny_model
 
 OPTS = QuantizeOptions(group_size=32, calib=CalibConfig(max_blocks=3, block_tokens=64), chunk_blocks=2)
 

@@ -19,7 +19,7 @@ import torch
 
 from edge_awq.config import ModelConfig
 from edge_awq.quantize import MAX_SHARD_BYTES, expected_tensors
-from edge_awq.weights import write_json, write_safetensors
+from edge_awq.weights import write_json, write_sharded
 
 PRESETS = {
     "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -54,27 +54,14 @@ def main() -> None:
     t0 = time.time()
     gen = torch.Generator().manual_seed(a.seed)
     shapes = list(expected_tensors(cfg).items())
-    shards, size = [[]], 0
-    for name, shape in shapes:
-        n = 2 * int(torch.Size(shape).numel())
-        if shards[-1] and size + n > MAX_SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape))
-        size += n
 
     def tensor(name, shape):
         if name.endswith("norm.weight"):
             return torch.ones(shape, dtype=torch.bfloat16)
         return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
 
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(a.out / fname, ((n, tensor(n, s)) for n, s in shard), {"format": "pt"},
-                          specs=[(n, torch.bfloat16, tuple(s)) for n, s in shard])
-        weight_map.update({n: fname for n, _ in shard})
-    write_json(a.out / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+    write_sharded(a.out, [(n, torch.bfloat16, tuple(s), lambda n=n, s=s: tensor(n, s)) for n, s in shapes],
+                  MAX_SHARD_BYTES)
     write_json(a.out / "config.json", raw)
     if a.tokenizer:
         for p in a.tokenizer.iterdir():
