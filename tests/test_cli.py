@@ -5,9 +5,9 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from helpers import make_tiny_model
 
 from edge_awq.cli import main
+from helpers import make_tiny_model
 
 
 @pytest.fixture(scope="module")

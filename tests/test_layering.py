@@ -1,0 +1,52 @@
+"""Imports flow one way: math and kernels → model and I/O → stages → UI."""
+
+import ast
+from pathlib import Path
+
+import edge_awq
+
+PKG = Path(edge_awq.__file__).parent
+KERNELS = PKG.parent / "kernels"
+
+# module → the edge_awq modules it may import (besides errors)
+ALLOWED = {
+    "errors": set(), "quant": set(), "pack": set(), "families": set(), "memory": set(),
+    "config": {"families"},
+    "weights": {"config"},
+    "awq": {"quant"},
+    "calibration": {"assets"},
+    "model": {"config", "families", "weights", "kernels"},
+    "assets": set(),
+    "quantize": {"awq", "calibration", "config", "families", "memory", "model", "pack", "quant", "weights"},
+    "eval": {"model", "memory", "assets"},
+    "cli": {"memory", "calibration", "quantize", "eval", "assets"},
+    "__main__": {"cli"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 1:
+                found.add(mod.split(".")[0] if mod else node.names[0].name)
+            elif mod.startswith("edge_awq."):
+                found.add(mod.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("edge_awq."))
+    return found - {"errors"}
+
+
+def test_package_imports_follow_the_layers():
+    for path in sorted(PKG.glob("*.py")):
+        if path.stem == "__init__":
+            continue
+        assert path.stem in ALLOWED, f"new module {path.stem}: add it to the layering table"
+        extra = _imports(path) - ALLOWED[path.stem]
+        assert not extra, f"{path.name} imports {sorted(extra)} against the layering"
+
+
+def test_kernels_depend_only_on_the_packing_math():
+    for path in KERNELS.glob("*.py"):
+        assert _imports(path) <= {"pack", "reference"}, path.name
