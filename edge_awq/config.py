@@ -8,7 +8,7 @@ GGUF-converted configs carry no ``architectures``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,3 @@ class QuantConfig:
         if legacy.exists():
             return cls.from_hf(read_json(legacy), str(legacy))
         return None
-
-
-def to_json(obj: Any) -> dict[str, Any]:
-    return asdict(obj)

@@ -26,8 +26,11 @@ def peak_device_bytes(device: torch.device) -> int | None:
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    """Binary units, as the reports count them (1 GB here = 2**30 bytes)."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1024
-    return f"{n:.2f} GB"
+        if n < 1024 or unit == "GB":
+            break
+    return f"{n:.2f} {unit}"
