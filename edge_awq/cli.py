@@ -128,3 +128,139 @@ def assets(name):
     from .assets import ensure_model
 
     _run(lambda: click.echo(str(ensure_model(name))))
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--profile", default=None,
+              help="Platform profile (name or .toml path) whose weight layout to write; default: the checkpoint's.")
+def split(ckpt, out_dir, profile):
+    """Split the checkpoint CKPT into per-layer shards with a hashed manifest in OUT_DIR."""
+    from .profiles import load_profile
+    from .split import split_checkpoint
+
+    def go():
+        prof = None if profile is None else load_profile(profile)
+        r = split_checkpoint(ckpt, out_dir, prof, progress=Bar("split"))
+        what = "verified, nothing to do" if r["written"] == 0 else f"{r['written']} files written"
+        click.echo(f"{out_dir}: {r['files']} shards, {fmt_bytes(r['total_bytes'])} "
+                   f"(largest {r['largest_file']} {fmt_bytes(r['largest_bytes'])}), layout {r['weight_layout']}"
+                   f"{'' if r['profile'] is None else ' for ' + r['profile']}; {what} "
+                   f"in {r['seconds']:.1f} s, peak RSS {fmt_bytes(r['peak_rss_bytes'])}")
+    _run(go)
+
+
+@main.command()
+@click.argument("shard_dir", type=click.Path(path_type=Path))
+@click.option("--fast", is_flag=True, help="Check presence, sizes and headers only (no hashing).")
+def verify(shard_dir, fast):
+    """Check every file of SHARD_DIR against its manifest; exit 1 if any is bad or missing."""
+    from .shards import verify_folder
+
+    def go():
+        faults = verify_folder(shard_dir, fast=fast, progress=Bar("verify"))
+        for f in faults:
+            click.echo(f"BAD {shard_dir / f.file}: {f.problem}")
+        if faults:
+            click.echo(f"{shard_dir}: {len(faults)} problem(s)", err=True)
+            sys.exit(1)
+        click.echo(f"{shard_dir}: OK ({'sizes and headers' if fast else 'every sha256'} checked)")
+    _run(go)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--context", type=int, default=4096, show_default=True, help="Context length for the KV cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(path, context, as_json):
+    """Describe a model, AWQ checkpoint or shard folder: sizes, memory, and which profiles it fits."""
+    from .footprint import describe, fit, to_json
+    from .profiles import all_profiles
+
+    def go():
+        if context < 1:
+            raise EdgeAwqError(f"--context {context}: must be at least 1")
+        fp = describe(path)
+        fits = [fit(fp, p, context) for p in all_profiles()]
+        if as_json:
+            click.echo(json.dumps(to_json(fp, fits, context), indent=2))
+            return
+        quant = "dense" if fp.bits is None else f"W{fp.bits} g{fp.group_size} ({fp.weight_layout})"
+        lines = [
+            f"{fp.path}: {fp.kind}, {fp.model_type}, {fp.layers} layers, hidden {fp.hidden_size}, "
+            f"{fp.heads} q / {fp.kv_heads} kv heads × {fp.head_dim}, vocab {fp.vocab_size}"
+            + (", tied embeddings" if fp.tied_embeddings else ""),
+            f"parameters {fp.parameters / 1e9:.3f} B, {quant}"
+            + (f", laid out for profile {fp.profile}" if fp.profile else ""),
+            f"bytes: embeddings {fmt_bytes(fp.embed_bytes)}, layers {fmt_bytes(sum(fp.layer_bytes))} "
+            f"({fmt_bytes(max(fp.layer_bytes))} each at most), head {fmt_bytes(fp.head_bytes)}; "
+            f"total {fmt_bytes(fp.weight_bytes)}",
+        ]
+        if fp.bits is None:
+            lines.append(f"as AWQ W4 g128 it would weigh about {fmt_bytes(fp.awq_bytes)} (profiles below assume that)")
+        lines.append(f"KV cache (fp16) at {context} tokens: {fmt_bytes(fp.kv_bytes(context))}")
+        lines.append("needs: everything resident; streaming: embeddings, head, KV cache and two layers resident")
+        lines.append(f"{'profile':<22} {'budget':>9} {'context':>7} {'needs':>9} {'streaming':>9}  verdict")
+        for f in fits:
+            budget = "device" if f.budget_bytes is None else fmt_bytes(f.budget_bytes)
+            lines.append(f"{f.profile:<22} {budget:>9} {f.context:>7} {fmt_bytes(f.need_bytes):>9} "
+                         f"{fmt_bytes(f.stream_bytes):>9}  {f.verdict}")
+        click.echo("\n".join(lines))
+    _run(go)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as one user turn with the model's chat template.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0: off.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="1: off.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1: off.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--ids", is_flag=True, help="Print the generated token ids instead of text.")
+def generate(model_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+             device, ids):
+    """Generate from a shard folder (hash-checked as it loads), AWQ checkpoint or dense model.
+
+    Runs the torch reference kernels: the correctness baseline for faster runtimes.
+    """
+    import torch
+
+    from .generate import SamplingParams, TextStream, eos_ids, generate_tokens, load_tokenizer
+    from .memory import peak_rss_bytes
+    from .model import load_model
+
+    def go():
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        tok = load_tokenizer(model_dir)
+        t0 = time.perf_counter()
+        model = load_model(model_dir, dtype=torch.float32).to(device)
+        t_load = time.perf_counter() - t0
+        if chat:
+            if not tok.chat_template:
+                raise EdgeAwqError(f"{model_dir}: the tokenizer has no chat template; drop --chat")
+            prompt_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        else:
+            prompt_ids = tok.encode(prompt)
+        stream, out = TextStream(tok), []
+        t0 = time.perf_counter()
+        t_first = None
+        for t in generate_tokens(model, list(prompt_ids), params, eos_ids(model_dir, model, tok)):
+            if t_first is None:
+                t_first = time.perf_counter()
+            out.append(t)
+            if not ids:
+                click.echo(stream.push(t), nl=False)
+        t_end = time.perf_counter()
+        click.echo(" ".join(map(str, out)) if ids else "")
+        decode = (len(out) - 1) / (t_end - t_first) if len(out) > 1 else 0.0
+        prefill = len(prompt_ids) / (t_first - t0) if t_first else 0.0
+        click.echo(f"[{len(prompt_ids)} prompt + {len(out)} new tokens; load {t_load:.1f} s, prefill "
+                   f"{prefill:.1f} tok/s, decode {decode:.1f} tok/s; peak RSS {fmt_bytes(peak_rss_bytes())}]",
+                   err=True)
+    _run(go)

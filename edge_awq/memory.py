@@ -14,7 +14,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (the kernel's high-water mark)."""
+    """Peak resident set size of this process so far (the kernel's high-water mark).
+
+    On Linux this is VmHWM of the current address space: ``ru_maxrss`` survives fork and exec,
+    so a process started by a big parent would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -8,6 +8,7 @@ per call, so a CPU run computes in fp32 without holding an fp32 copy of the mode
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from edge_awq.kernels.quant_linear import QuantLinear
 from .config import ModelConfig, QuantConfig
 from .errors import EdgeAwqError
 from .families import LINEAR_NAMES
+from .shards import MANIFEST, ShardTensors, check_config, read_manifest, read_shard
 from .weights import WeightReader
 
 
@@ -77,6 +79,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+@dataclass
+class KVCache:
+    """Preallocated keys and values, one (B, kv_heads, max_len, head_dim) pair per layer.
+
+    ``length`` tokens are filled; a forward pass with the cache appends its tokens after them.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device | str = "cpu",
+                 batch: int = 1) -> KVCache:
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)])
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -87,17 +115,33 @@ class Attention(nn.Module):
         self.v_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
         self.o_proj = Linear(q, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x (B, T, hidden) → (B, T, hidden), causal over T."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0) -> torch.Tensor:
+        """x (B, T, hidden) at positions start.. → (B, T, hidden), causal.
+
+        With ``kv`` (this layer's cache buffers) the new keys/values are written at
+        [start, start + T) and attention runs over everything before them too.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, True
+        if kv is not None:
+            kv[0][:, :, start:start + t] = k
+            kv[1][:, :, start:start + t] = v
+            k, v = kv[0][:, :, :start + t], kv[1][:, :, :start + t]
+            if t == 1:
+                causal = False  # one query at the end sees every key
+            elif start > 0:
+                # SDPA's is_causal aligns the mask top-left; with a prefix the diagonal sits at `start`.
+                pos = torch.arange(start + t, device=x.device)
+                mask, causal = pos[None, :] <= pos[start:, None], False
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -120,8 +164,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, start)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -141,13 +186,26 @@ class CausalLM(nn.Module):
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
-    def forward(self, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """tokens (B, T) int64 → logits (B, T, vocab) fp32; activations computed in ``dtype``."""
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
+    def forward(self, tokens: torch.Tensor, dtype: torch.dtype = torch.float32, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) int64 → logits (B, T, vocab) fp32; activations computed in ``dtype``.
+
+        With a cache the tokens continue the cached sequence and are appended to it;
+        ``last_only`` computes logits for the last position only (prefill for generation).
+        """
+        t = tokens.shape[1]
+        start = 0 if cache is None else cache.length
+        if cache is not None and start + t > cache.max_len:
+            raise EdgeAwqError(f"context full: {start} + {t} tokens exceed the KV cache of {cache.max_len}")
+        positions = torch.arange(start, start + t, device=tokens.device)
         cos, sin = rope_cos_sin(self.inv_freq, positions, dtype)
         x = self.model.embed_tokens(tokens).to(dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, None if cache is None else (cache.k[i], cache.v[i]), start)
+        if cache is not None:
+            cache.length = start + t
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.model.norm(x)).float()
 
 
@@ -202,24 +260,63 @@ def load_block(reader: WeightReader, cfg: ModelConfig, i: int, dtype: torch.dtyp
     return block
 
 
-def load_model(folder: Path, dtype: torch.dtype | None = None) -> CausalLM:
-    """Load a dense or AWQ (GEMM layout) checkpoint from a folder of safetensors files.
+def checkpoint_tensors(cfg: ModelConfig, qcfg: QuantConfig | None) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Every tensor a checkpoint of this config must hold: name → (shape, dtype).
 
-    ``dtype`` converts float weights (None keeps the stored dtype: bf16 stays bf16 in memory).
+    Float tensors report float32 and may be stored in any float dtype; packed ints are exact.
     """
-    folder = Path(folder)
-    cfg = ModelConfig.from_folder(folder)
-    qcfg = QuantConfig.from_folder(folder)
-    reader = WeightReader(folder)
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+        if qcfg is not None:
+            for block in model.model.layers:
+                quantize_block_modules(block, cfg, qcfg)
+    out = {n: (tuple(t.shape), t.dtype) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+           if n != "inv_freq"}
+    if cfg.tie_word_embeddings:
+        out.pop("lm_head.weight")
+    return out
+
+
+def _assemble(cfg: ModelConfig, qcfg: QuantConfig | None, dtype: torch.dtype | None, part) -> CausalLM:
+    """Build the model part by part; ``part(role, layer)`` returns the reader holding that part."""
     with torch.device("meta"):
         model = CausalLM(cfg)
     model.inv_freq = rope_inv_freq(cfg)
+    load_state(model.model.embed_tokens, part("embed", None), "model.embed_tokens.", dtype)
     for i in range(cfg.num_layers):
-        model.model.layers[i] = load_block(reader, cfg, i, dtype, qcfg)
-    load_state(model.model.embed_tokens, reader, "model.embed_tokens.", dtype)
-    load_state(model.model.norm, reader, "model.norm.", dtype)
+        model.model.layers[i] = load_block(part("layer", i), cfg, i, dtype, qcfg)
+    head = part("head", None)
+    load_state(model.model.norm, head, "model.norm.", dtype)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     else:
-        load_state(model.lm_head, reader, "lm_head.", dtype)
+        load_state(model.lm_head, head, "lm_head.", dtype)
     return model.eval()
+
+
+def load_model(folder: Path, dtype: torch.dtype | None = None) -> CausalLM:
+    """Load a dense or AWQ (GEMM layout) checkpoint, or a shard folder, from safetensors files.
+
+    A shard folder (``manifest.json``) is read one shard at a time with its sha256 checked as it
+    streams. ``dtype`` converts float weights (None keeps the stored dtype: bf16 stays bf16).
+    """
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        m = read_manifest(folder)
+        check_config(folder, m)
+        source = str(folder / MANIFEST)
+        cfg = ModelConfig.from_dict(m.config, source)
+        qc = m.config.get("quantization_config")
+        qcfg = None if qc is None else QuantConfig.from_hf(qc, source)
+        if m.weight_layout != ("dense" if qcfg is None else "awq-gemm"):
+            raise EdgeAwqError(f"{source}: weight layout {m.weight_layout!r} is not supported by this loader")
+
+        def shard(role: str, layer: int | None) -> ShardTensors:
+            entry = m.part(role, layer)
+            return ShardTensors(folder / entry.name, read_shard(folder, entry))
+
+        return _assemble(cfg, qcfg, dtype, shard)
+    cfg = ModelConfig.from_folder(folder)
+    qcfg = QuantConfig.from_folder(folder)
+    reader = WeightReader(folder)
+    return _assemble(cfg, qcfg, dtype, lambda role, layer: reader)

@@ -33,14 +33,12 @@ from .memory import peak_device_bytes, peak_rss_bytes
 from .model import Attention, Block, RMSNorm, block_prefix, load_block, rope_cos_sin, rope_inv_freq
 from .pack import pack_linear
 from .quant import quantize
-from .weights import WeightReader, read_header, read_tensor, write_json, write_safetensors, write_sharded
+from .weights import SIDE_FILES, WeightReader, read_header, read_tensor, write_json, write_safetensors, write_sharded
 
 log = logging.getLogger(__name__)
 
 STATE = ".edge-awq-state"
 REPORT = "quant_report.json"
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-              "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 MAX_SHARD_BYTES = 2 << 30
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)

@@ -7,6 +7,7 @@ a truncated file is reported by name instead of failing deep inside a read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -27,6 +28,9 @@ DTYPES = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER = 100 * 1024 * 1024
+# Tokenizer and generation files that travel with a checkpoint (copied when present).
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+              "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 @dataclass(frozen=True)
@@ -134,11 +138,12 @@ def atomic_path(path: Path) -> Path:
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | dict[str, torch.Tensor],
                       metadata: dict[str, str] | None = None,
-                      specs: list[tuple[str, torch.dtype, tuple[int, ...]]] | None = None) -> None:
-    """Write a safetensors file atomically (temp file + rename).
+                      specs: list[tuple[str, torch.dtype, tuple[int, ...]]] | None = None) -> str:
+    """Write a safetensors file atomically (temp file + rename); returns the file's sha256 (hex).
 
     With ``specs`` (name, dtype, shape in order) the header is written first and ``tensors`` may
-    be a generator yielding them in that order, so a file larger than memory is streamed.
+    be a generator yielding them in that order, so a file larger than memory is streamed. The
+    hash is taken from the bytes as they are written, not by reading the file back.
     """
     items: Iterator[tuple[str, torch.Tensor]]
     if isinstance(tensors, dict):
@@ -160,20 +165,28 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | 
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
     tmp = atomic_path(path)
+    digest = hashlib.sha256()
+
+    def put(data: bytes | memoryview) -> None:
+        f.write(data)
+        digest.update(data)
+
     try:
         with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
+            put(struct.pack("<Q", len(blob)))
+            put(blob)
             for (name, dtype, shape), (got_name, t) in zip(specs, items, strict=True):
                 if got_name != name or t.dtype != dtype or tuple(t.shape) != shape:
                     raise ValueError(f"streamed tensor {got_name} does not match its spec {name}")
-                f.write(memoryview(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()))
+                if t.numel():
+                    put(memoryview(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()))
                 del t  # else it stays alive while the generator builds the next tensor
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return digest.hexdigest()
 
 
 def write_sharded(folder: Path, sources: list[tuple[str, torch.dtype, tuple[int, ...], Callable[[], torch.Tensor]]],
@@ -212,3 +225,20 @@ def write_json(path: Path, data: object) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def copy_file(src: Path, dst: Path) -> str:
+    """Copy atomically (temp file + rename); returns the sha256 of the bytes written."""
+    tmp = atomic_path(dst)
+    digest = hashlib.sha256()
+    try:
+        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            while chunk := fi.read(16 << 20):
+                fo.write(chunk)
+                digest.update(chunk)
+            fo.flush()
+            os.fsync(fo.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()

@@ -13,10 +13,11 @@ from edge_awq.pack import unpack_int4
 def dequantize_gemm(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                     group_size: int, dtype: torch.dtype) -> torch.Tensor:
     """qweight (K, N/8) int32, qzeros (K/g, N/8) int32, scales (K/g, N) → W^T (K, N) in ``dtype``."""
-    q = unpack_int4(qweight).to(dtype)
-    z = unpack_int4(qzeros).to(dtype).repeat_interleave(group_size, dim=0)
-    s = scales.to(dtype).repeat_interleave(group_size, dim=0)
-    return (q - z) * s
+    k = qweight.shape[0]
+    q = unpack_int4(qweight).to(dtype).view(k // group_size, group_size, -1)
+    z = unpack_int4(qzeros).to(dtype)[:, None]
+    s = scales.to(dtype)[:, None]
+    return ((q - z) * s).view(k, -1)
 
 
 def w4a16_linear_reference(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,

@@ -7,6 +7,23 @@ from pathlib import Path
 
 import torch
 
+# AutoAWQ's GEMM nibble order, written out again on purpose: layout tests must not import edge_awq's constant.
+ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def pack_by_spec(values: torch.Tensor) -> torch.Tensor:
+    """Word [r, c] = OR over i of values[r, 8c + ORDER[i]] << 4i, as a signed 32-bit integer."""
+    rows, cols = values.shape
+    out = torch.zeros(rows, cols // 8, dtype=torch.int32)
+    for r in range(rows):
+        for c in range(cols // 8):
+            word = 0
+            for i in range(8):
+                word |= int(values[r, 8 * c + ORDER[i]]) << (4 * i)
+            out[r, c] = word - (1 << 32) if word >= 1 << 31 else word
+    return out
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
 

@@ -6,21 +6,7 @@ import torch
 from edge_awq.kernels.reference import dequantize_gemm
 from edge_awq.pack import pack_int4, pack_linear, unpack_int4, unpack_linear
 from edge_awq.quant import dequantize, quantize
-
-ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # written out again on purpose: this test must not import the constant
-
-
-def pack_by_spec(values):
-    """Word [r, c] = OR over i of values[r, 8c + ORDER[i]] << 4i, as a signed 32-bit integer."""
-    rows, cols = values.shape
-    out = torch.zeros(rows, cols // 8, dtype=torch.int32)
-    for r in range(rows):
-        for c in range(cols // 8):
-            word = 0
-            for i in range(8):
-                word |= int(values[r, 8 * c + ORDER[i]]) << (4 * i)
-            out[r, c] = word - (1 << 32) if word >= 1 << 31 else word
-    return out
+from helpers import ORDER, pack_by_spec
 
 
 def test_golden_word():
@@ -51,7 +37,9 @@ def test_linear_round_trip_and_reference_dequant(group, n):
     assert t["qweight"].shape == (k, n // 8) and t["qweight"].dtype == torch.int32
     assert t["qzeros"].shape == (k // group, n // 8) and t["scales"].shape == (k // group, n)
     assert t["scales"].dtype == torch.float16
-    q2, s2, z2 = unpack_linear(t["qweight"], t["qzeros"], t["scales"])
+    # the whole tensors, both ways, against the loop-based reading of the layout
+    assert torch.equal(t["qweight"], pack_by_spec(q.t())) and torch.equal(t["qzeros"], pack_by_spec(zero.t()))
+    q2, s2, z2 = unpack_linear(pack_by_spec(q.t()), pack_by_spec(zero.t()), t["scales"])
     assert torch.equal(q2, q) and torch.equal(z2, zero) and torch.equal(s2, scale)
     w_hat = dequantize(q, scale, zero, group)
     ref = dequantize_gemm(t["qweight"], t["qzeros"], t["scales"], group, torch.float32)

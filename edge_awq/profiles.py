@@ -1,0 +1,117 @@
+"""Platform profiles: small frozen dataclasses read from the TOML files in ``platforms/``.
+
+The files ship inside the package (``edge_awq.platforms``); a path to a user's own TOML file
+works wherever a profile name does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+from .errors import EdgeAwqError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+WEIGHT_LAYOUTS = ("awq-gemm",)  # packed layouts this version can write; kernels work adds more
+KERNELS = ("triton", "torch")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    total_memory_gb: float  # 0: the device's (or host's) own total, read at run time
+    reserved_gb: float  # left to the OS, desktop and CUDA context
+    unified_memory: bool  # CPU and GPU share DRAM (Jetson)
+    bandwidth_gbps: float  # DRAM bandwidth; 0 when unknown
+    kernel: str  # "triton" or "torch"
+    weight_layout: str  # packed layout the kernels read
+    max_context: int
+    kv_dtype: str
+    staging_mb: int  # bounded host staging buffer when streaming shards
+    runtime_overhead_mb: int  # activations, logits, allocator slack
+    cuda_graphs: bool
+    match_model: tuple[str, ...] = ()  # substrings of /proc/device-tree/model
+    match_memory_gb: int | None = None
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise EdgeAwqError(f"profile {self.name}: kernel {self.kernel!r} is not one of {', '.join(KERNELS)}")
+        if self.weight_layout not in WEIGHT_LAYOUTS:
+            raise EdgeAwqError(f"profile {self.name}: weight_layout {self.weight_layout!r} is not supported "
+                               f"by this version ({', '.join(WEIGHT_LAYOUTS)})")
+        if self.kv_dtype not in ("float16", "bfloat16", "float32"):
+            raise EdgeAwqError(f"profile {self.name}: kv_dtype {self.kv_dtype!r} is not supported")
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """Memory the model, KV cache and runtime may use; None when sized from the device at run time."""
+        if not self.total_memory_gb:
+            return None
+        return int((self.total_memory_gb - self.reserved_gb) * 2**30)
+
+    @property
+    def kv_bytes_per_value(self) -> int:
+        return 4 if self.kv_dtype == "float32" else 2
+
+
+def _parse(text: str, source: str) -> Profile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise EdgeAwqError(f"{source}: not valid TOML ({e})") from None
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EdgeAwqError(f"{source}: unknown profile field '{unknown[0]}'")
+    missing = sorted(f.name for f in fields(Profile) if f.name not in data and f.default is not None
+                     and f.name not in ("match_model", "match_memory_gb"))
+    if missing:
+        raise EdgeAwqError(f"{source}: missing profile field '{missing[0]}'")
+    for f in fields(Profile):
+        if f.name in data and not _has_type(data[f.name], f.type):
+            raise EdgeAwqError(f"{source}: field '{f.name}' must be {_TYPE_WORDS[f.type]}, "
+                               f"not {data[f.name]!r}")
+    if "match_model" in data:
+        data["match_model"] = tuple(data["match_model"])
+    return Profile(**data)
+
+
+_TYPE_WORDS = {"str": "a string", "float": "a number", "bool": "true or false", "int": "an integer",
+               "tuple[str, ...]": "a list of strings", "int | None": "an integer"}
+
+
+def _has_type(value, annotation: str) -> bool:
+    if isinstance(value, bool):  # TOML booleans are not numbers
+        return annotation == "bool"
+    return {"str": isinstance(value, str), "float": isinstance(value, (int, float)),
+            "bool": False, "int": isinstance(value, int), "int | None": isinstance(value, int),
+            "tuple[str, ...]": isinstance(value, list) and all(isinstance(v, str) for v in value)}[annotation]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("edge_awq.platforms").iterdir() if p.name.endswith(".toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A bundled profile by name, or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        try:
+            return _parse(path.read_text(encoding="utf-8"), str(path))
+        except OSError as e:
+            raise EdgeAwqError(f"{path}: cannot read profile ({e.strerror})") from None
+    res = resources.files("edge_awq.platforms") / f"{name_or_path}.toml"
+    if not res.is_file():
+        raise EdgeAwqError(f"--profile {name_or_path!r}: unknown profile; known: {', '.join(profile_names())}")
+    return _parse(res.read_text(encoding="utf-8"), f"platforms/{name_or_path}.toml")
+
+
+def all_profiles() -> list[Profile]:
+    return [load_profile(n) for n in profile_names()]
