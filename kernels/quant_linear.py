@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .reference import w4a16_linear_reference
+from .dispatch import KernelSettings, Scratch, w4a16_linear
 
 
 class QuantLinear(nn.Module):
@@ -20,9 +20,12 @@ class QuantLinear(nn.Module):
         self.register_buffer("qzeros", torch.empty(groups, out_features // 8, dtype=torch.int32, device=device))
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=torch.float16, device=device) if bias else None)
+        # set by the runtime: kernel choice and tiles, and the split-K scratch its linears share
+        self.kernel_settings = KernelSettings()
+        self.scratch: Scratch | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w4a16_linear_reference(x, self.qweight, self.qzeros, self.scales, self.bias, self.group_size)
+        return w4a16_linear(x, self, self.kernel_settings, self.scratch)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}"

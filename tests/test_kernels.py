@@ -1,0 +1,159 @@
+"""W4A16 kernels against the fp64 torch reference on fresh random inputs.
+
+On a machine without a GPU the Triton kernels run in Triton's interpreter (see conftest.py) on
+small shapes; with a GPU the same tests run the compiled kernels. Outputs are poisoned with NaN
+before each run so an unwritten element cannot pass.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from edge_awq.kernels import dispatch
+from edge_awq.kernels.dispatch import KernelSettings, Scratch, select_backend, w4a16_linear
+from edge_awq.kernels.layout import from_kmajor, to_kmajor
+from edge_awq.kernels.quant_linear import QuantLinear
+from edge_awq.kernels.reference import dequantize_gemm, w4a16_linear_reference
+from edge_awq.kernels.torch_int4 import inner_k_tiles, int4pack_linear, to_int4pack
+from edge_awq.pack import pack_linear
+from edge_awq.quant import quantize
+
+tw = pytest.importorskip("edge_awq.kernels.triton_w4a16", reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
+# Triton's interpreter (3.9) miscomputes int→bf16 conversions and bf16 dots (numpy has no bf16);
+# bf16 is checked where the kernels really run, on the GPU.
+DTYPES = [torch.float16] if DEVICE == "cpu" else [torch.float16, torch.bfloat16]
+
+# (M, K, N, group): K not a multiple of 128 (320, 576), N not a multiple of 64 (72, 200, 136)
+CASES = [(1, 256, 72, 128), (3, 320, 200, 64), (16, 576, 136, 64), (1, 256, 256, 32), (16, 512, 64, 128),
+         (33, 320, 72, 32), (5, 256, 200, 128)]
+
+
+def _layer(k, n, group, seed, bias):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, : k // 4] *= 4  # uneven columns, as real weights have
+    t = pack_linear(*quantize(w, group))
+    lin = QuantLinear(k, n, group, bias, device=DEVICE)
+    lin.qweight.copy_(t["qweight"])
+    lin.qzeros.copy_(t["qzeros"])
+    lin.scales.copy_(t["scales"])
+    if bias:
+        lin.bias.copy_(torch.randn(n, generator=g).half())
+    return lin
+
+
+def _x(m, k, dtype, seed):
+    return (torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 2).to(DEVICE, dtype)
+
+
+def _ref(x, lin):
+    return w4a16_linear_reference(x.double(), lin.qweight, lin.qzeros, lin.scales, lin.bias, lin.group_size)
+
+
+def _rel(y, ref):
+    assert not torch.isnan(y).any(), "unwritten or NaN output"
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def _poison(m, n, dtype):
+    return torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n,group", CASES)
+def test_triton_kernels_match_reference(m, k, n, group, dtype):
+    seed = m * 7919 + k * 31 + n
+    lin = _layer(k, n, group, seed, bias=bool(seed % 2))
+    x = _x(m, k, dtype, seed + 1)
+    ref = _ref(x, lin)
+    if m <= 16:
+        scratch = Scratch(DEVICE, n, 128)
+        # FMA or tensor cores; whole K per program, three K-splits, as many as the grid wants
+        for mode, split in [(mode, split) for mode in (0, 1) for split in (1, 3, None)]:
+            y = tw.splitk_gemv(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace,
+                               scratch.counters, block_n=128, block_k=64, split_k=split, target_programs=64,
+                               mode=mode, out=_poison(m, n, dtype))
+            assert _rel(y, ref) < TOL[dtype], f"mode {mode}, split {split}"
+            # the workspace and counters are left at zero for the next call
+            assert not scratch.workspace.any() and not scratch.counters.any()
+        qk = to_kmajor(lin.qweight)
+        for split in (1, 3):
+            y = tw.kmajor_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                               block_n=64, block_k=64, split_k=split, out=_poison(m, n, dtype))
+            assert _rel(y, ref) < TOL[dtype], f"k-major, split {split}"
+            # the workspace and counters are left at zero for the next call
+            assert not scratch.workspace.any() and not scratch.counters.any()
+    y = tw.gemm(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, group, block_m=16, block_n=64, block_k=64,
+                num_warps=4, out=_poison(m, n, dtype))
+    assert _rel(y, ref) < TOL[dtype]
+    w = tw.dequantize(lin.qweight, lin.qzeros, lin.scales, group, dtype, block_n=64, block_k=32,
+                      out=_poison(k, n, dtype))
+    assert torch.equal(w, dequantize_gemm(lin.qweight, lin.qzeros, lin.scales, group, dtype))
+
+
+@pytest.mark.parametrize("k,n", [(256, 72), (576, 200)])
+def test_kmajor_layout_round_trip(k, n):
+    from edge_awq.pack import pack_int4, unpack_int4
+    codes = torch.randint(0, 16, (k, n), generator=torch.Generator().manual_seed(k + n))
+    qweight = pack_int4(codes)
+    qk = to_kmajor(qweight)
+    assert qk.shape == (n, k // 8) and qk.dtype == torch.int32
+    assert torch.equal(from_kmajor(qk), codes.to(torch.uint8))
+    # word [n, j], nibble i holds k = 8j + i: spot-check against the definition
+    assert ((qk[3, 2] >> 20) & 0xF).item() == codes[8 * 2 + 5, 3].item()
+    assert torch.equal(unpack_int4(qweight), codes.to(torch.uint8))
+
+
+def test_reused_scratch_across_shapes_and_calls():
+    scratch = Scratch(DEVICE, 256, 128)
+    for i, (k, n, group) in enumerate([(256, 256, 64), (320, 72, 32), (256, 256, 64)]):
+        lin = _layer(k, n, group, 100 + i, bias=False)
+        x = _x(2, k, torch.float16, 200 + i)
+        y = tw.splitk_gemv(x, lin.qweight, lin.qzeros, lin.scales, None, group, scratch.workspace,
+                           scratch.counters, block_n=128, split_k=2)
+        assert _rel(y, _ref(x, lin)) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="dispatch picks Triton on CUDA only (CPU case below)")
+@pytest.mark.parametrize("m", [1, 16, 17, 300])
+def test_dispatch_on_gpu(m):
+    lin = _layer(512, 200, 128, m, bias=True)
+    x = _x(m, 512, torch.float16, m + 1)
+    for settings in (KernelSettings(), KernelSettings(prefill_dequant_min_m=1 << 30)):  # dequant+mm, fused
+        lin.kernel_settings = settings
+        assert _rel(lin(x), _ref(x, lin)) < TOL[torch.float16]
+
+
+def test_dispatch_on_cpu_is_the_reference_and_is_logged(caplog):
+    lin = _layer(256, 72, 64, 5, bias=True).to("cpu")
+    x = _x(3, 256, torch.float32, 6).cpu()
+    dispatch._announce.cache_clear()
+    with caplog.at_level(logging.INFO, logger="edge_awq.kernels.dispatch"):
+        y1, y2 = lin(x), lin(x)
+    assert torch.equal(y1, w4a16_linear_reference(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, 64))
+    assert torch.equal(y1, y2)
+    assert [r.getMessage() for r in caplog.records] == ["W4A16 kernels: reference (cpu: torch reference)"]
+    assert select_backend(torch.device("cpu"), KernelSettings(backend="triton"))[0] == "reference"
+    with pytest.raises(ValueError, match="kernel backend 'cuda-magic'"):
+        KernelSettings(backend="cuda-magic")
+
+
+@pytest.mark.parametrize("k,n,group", [(256, 64, 32), (576, 144, 64), (1024, 128, 128)])
+def test_torch_int4_layout_conversion(k, n, group):
+    lin = _layer(k, n, group, k + n, bias=True).to("cpu")
+    packed = to_int4pack(lin.qweight, lin.qzeros, lin.scales)
+    x = _x(4, k, torch.bfloat16, 9).cpu()
+    y = int4pack_linear(x, *packed, group, lin.bias)
+    assert _rel(y, _ref(x, lin)) < TOL[torch.bfloat16]
+    assert inner_k_tiles(72, 256, 64) is None and inner_k_tiles(144, 576, 64) == 4
+
+
+def test_w4a16_linear_accepts_batched_input():
+    lin = _layer(256, 72, 64, 11, bias=False).to("cpu")
+    x = torch.randn(2, 5, 256)
+    y = w4a16_linear(x, lin)
+    assert y.shape == (2, 5, 72)
+    assert torch.allclose(y, lin(x.reshape(10, 256)).reshape(2, 5, 72))
