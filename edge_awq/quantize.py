@@ -33,7 +33,16 @@ from .memory import peak_device_bytes, peak_rss_bytes
 from .model import Attention, Block, RMSNorm, block_prefix, load_block, rope_cos_sin, rope_inv_freq
 from .pack import pack_linear
 from .quant import quantize
-from .weights import SIDE_FILES, WeightReader, read_header, read_tensor, write_json, write_safetensors, write_sharded
+from .weights import (
+    SIDE_FILES,
+    WeightReader,
+    copy_file,
+    read_header,
+    read_tensor,
+    write_json,
+    write_safetensors,
+    write_sharded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +398,7 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
     sizes = _assemble(p, state, out_dir)
     for name in SIDE_FILES:
         if (p.model_dir / name).exists():
-            shutil.copyfile(p.model_dir / name, out_dir / f".{name}.tmp")
-            (out_dir / f".{name}.tmp").replace(out_dir / name)
+            copy_file(p.model_dir / name, out_dir / name)
     records = [json.loads(read_header(_block_file(state, i))[1]["record"]) for i in range(cfg.num_layers)]
     report = {
         "run_key": p.key, "model": str(p.model_dir), "method": opts.method,

@@ -7,6 +7,7 @@ a truncated file is reported by name instead of failing deep inside a read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -136,6 +137,34 @@ def atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+class _HashingWriter:
+    """A binary file that hashes what is written to it."""
+
+    def __init__(self, f):
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.digest.update(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path):
+    """Write ``path`` through a temp file renamed into place only when the block succeeds (after
+    fsync), so a reader never sees a half-written file. Yields a writer whose ``digest`` is the
+    sha256 of the bytes written."""
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            w = _HashingWriter(f)
+            yield w
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | dict[str, torch.Tensor],
                       metadata: dict[str, str] | None = None,
                       specs: list[tuple[str, torch.dtype, tuple[int, ...]]] | None = None) -> str:
@@ -164,29 +193,16 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, torch.Tensor]] | 
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    tmp = atomic_path(path)
-    digest = hashlib.sha256()
-
-    def put(data: bytes | memoryview) -> None:
-        f.write(data)
-        digest.update(data)
-
-    try:
-        with open(tmp, "wb") as f:
-            put(struct.pack("<Q", len(blob)))
-            put(blob)
-            for (name, dtype, shape), (got_name, t) in zip(specs, items, strict=True):
-                if got_name != name or t.dtype != dtype or tuple(t.shape) != shape:
-                    raise ValueError(f"streamed tensor {got_name} does not match its spec {name}")
-                if t.numel():
-                    put(memoryview(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()))
-                del t  # else it stays alive while the generator builds the next tensor
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest.hexdigest()
+    with atomic_writer(path) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for (name, dtype, shape), (got_name, t) in zip(specs, items, strict=True):
+            if got_name != name or t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(f"streamed tensor {got_name} does not match its spec {name}")
+            if t.numel():
+                f.write(memoryview(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()))
+            del t  # else it stays alive while the generator builds the next tensor
+    return f.digest.hexdigest()
 
 
 def write_sharded(folder: Path, sources: list[tuple[str, torch.dtype, tuple[int, ...], Callable[[], torch.Tensor]]],
@@ -217,28 +233,13 @@ def write_sharded(folder: Path, sources: list[tuple[str, torch.dtype, tuple[int,
 
 
 def write_json(path: Path, data: object) -> None:
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(path) as f:
+        f.write((json.dumps(data, indent=2) + "\n").encode())
 
 
 def copy_file(src: Path, dst: Path) -> str:
     """Copy atomically (temp file + rename); returns the sha256 of the bytes written."""
-    tmp = atomic_path(dst)
-    digest = hashlib.sha256()
-    try:
-        with open(src, "rb") as fi, open(tmp, "wb") as fo:
-            while chunk := fi.read(16 << 20):
-                fo.write(chunk)
-                digest.update(chunk)
-            fo.flush()
-            os.fsync(fo.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest.hexdigest()
+    with atomic_writer(dst) as fo, open(src, "rb") as fi:
+        while chunk := fi.read(16 << 20):
+            fo.write(chunk)
+    return fo.digest.hexdigest()

@@ -57,10 +57,7 @@ def _splitk_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n8 = N // 8
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-    mask_n = offs_n < N
-    mask_c = offs_c < n8
+    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
@@ -177,6 +174,14 @@ def _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m,
 
 
 @triton.jit
+def _column_tile(pid_n, N, BLOCK_N: tl.constexpr):
+    """Columns of tile ``pid_n`` and their words in a GEMM-layout row, with bounds masks."""
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    return offs_n, offs_c, offs_n < N, offs_c < N // 8
+
+
+@triton.jit
 def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
                  GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -192,11 +197,8 @@ def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm,
     pid_m = first_m + (pid % width) % rows
     pid_n = (pid % width) // rows
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
     mask_m = offs_m < M
-    mask_n = offs_n < N
-    mask_c = offs_c < N // 8
+    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     shifts = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -228,11 +230,8 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K,
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
     mask_k = ks < K
-    mask_n = offs_n < N
-    mask_c = offs_c < N // 8
+    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
     shifts = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
     qw = tl.load(qw_ptr + ks[:, None] * (N // 8) + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0)
     g = ks // GROUP
@@ -244,6 +243,18 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K,
 
 
 # ---------------------------------------------------------------- launchers
+
+
+def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None, target_programs: int
+                ) -> tuple[int, int, int]:
+    """(column tiles, K-splits, K-steps per split): ``split_k`` as asked, or enough splits for
+    ``target_programs`` programs; never an empty split."""
+    tiles = triton.cdiv(n, block_n)
+    k_iters = triton.cdiv(k, block_k)
+    if split_k is None:
+        split_k = max(1, min(k_iters, triton.cdiv(target_programs, tiles))) if target_programs else 1
+    per_split = triton.cdiv(k_iters, split_k)
+    return tiles, triton.cdiv(k_iters, per_split), per_split
 
 
 def splitk_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -258,12 +269,7 @@ def splitk_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
     n = scales.shape[1]
     assert m <= 16 and x.stride(1) == 1
     block_k = min(block_k, group_size)
-    tiles = triton.cdiv(n, block_n)
-    k_iters = triton.cdiv(k, block_k)
-    if split_k is None:
-        split_k = max(1, min(k_iters, triton.cdiv(target_programs, tiles))) if target_programs else 1
-    per_split = triton.cdiv(k_iters, split_k)
-    split_k = triton.cdiv(k_iters, per_split)  # no empty splits
+    tiles, split_k, per_split = _split_grid(n, k, block_n, block_k, split_k, target_programs)
     if mode is None:
         mode = 0 if m == 1 else 1
     block_m = 16 if mode == 1 else triton.next_power_of_2(m)
@@ -287,12 +293,7 @@ def kmajor_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, 
     n = scales.shape[1]
     assert m <= 16 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
     block_k = min(block_k, group_size)
-    tiles = triton.cdiv(n, block_n)
-    k_iters = triton.cdiv(k, block_k)
-    if split_k is None:
-        split_k = max(1, min(k_iters, triton.cdiv(target_programs, tiles))) if target_programs else 1
-    per_split = triton.cdiv(k_iters, split_k)
-    split_k = triton.cdiv(k_iters, per_split)
+    tiles, split_k, per_split = _split_grid(n, k, block_n, block_k, split_k, target_programs)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     _kmajor_gemv_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
