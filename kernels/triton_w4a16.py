@@ -101,13 +101,14 @@ def _splitk_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
 def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                         M, N, K, stride_xm, stride_ym, iters_per_split, split_k,
                         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, MODE: tl.constexpr,
                         S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                         S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """Decode on the K-major runtime layout (``layout.to_kmajor``): a word holds 8 consecutive k of
     one output column, so each thread's 16-byte load is 32 consecutive k of one column and the
     K-reduction stays inside a thread (plus a few warp shuffles) — no shared memory, no barrier per
-    step. Tensor cores on yᵀ = W xᵀ: the weight tile is the A operand, accumulators are (BN, BM)."""
+    step. MODE 0 (one row): FMAs reduced in registers. MODE 1: tensor cores on yᵀ = W xᵀ, the weight
+    tile as the A operand. Accumulators are (BN, BM)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     k8 = K // 8
@@ -133,15 +134,20 @@ def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
         w = tl.interleave(w, w)
         w = tl.interleave(w, w)
         codes = (w >> kshift[None, :]) & 0xF  # (BN, BK)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + ks[:, None], mask=mask_k[:, None] & mask_m[None, :],
-                     other=0.0)  # (BK, BM): xᵀ
         g = k0 // GROUP
         zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> zshift) & 0xF).to(tl.float32)
         s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        part = tl.dot(codes.to(xt.dtype), xt, out_dtype=tl.float32)  # (BN, BM): weights are the A operand
-        xsum = tl.sum(xt.to(tl.float32), axis=0)  # (BM,)
-        acc += (part - z[:, None] * xsum[None, :]) * s[:, None]
+        if MODE == 0:  # one row, FMAs: each thread sums its own 32 k, then a few warp shuffles
+            xv = tl.load(x_ptr + ks, mask=mask_k, other=0.0).to(tl.float32)
+            q = (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # 2^23 trick, as above
+            part = tl.sum(q * xv[None, :], axis=1)
+            acc += ((part - z * tl.sum(xv, axis=0)) * s)[:, None]
+        else:
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + ks[:, None],
+                         mask=mask_k[:, None] & mask_m[None, :], other=0.0)  # (BK, BM): xᵀ
+            part = tl.dot(codes.to(xt.dtype), xt, out_dtype=tl.float32)  # (BN, BM): weights are the A operand
+            acc += (part - z[:, None] * tl.sum(xt.to(tl.float32), axis=0)[None, :]) * s[:, None]
     if SPLIT:
         tl.atomic_add(ws_ptr + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask_n[:, None] & mask_m[None, :])
         _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m, N, stride_ym,
@@ -286,20 +292,24 @@ def splitk_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
 def kmajor_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
                 block_n: int = 128, block_k: int = 128, split_k: int | None = None, num_warps: int = 4,
-                num_stages: int = 3, target_programs: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+                num_stages: int = 3, target_programs: int = 0, mode: int | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """x (M ≤ 16, K) → (M, N) from the K-major runtime layout (``layout.to_kmajor``); other
-    arguments as ``splitk_gemv``."""
+    arguments as ``splitk_gemv`` (mode 0, FMAs, takes one row only; None: 0 for one row)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m <= 16 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
     block_k = min(block_k, group_size)
     tiles, split_k, per_split = _split_grid(n, k, block_n, block_k, split_k, target_programs)
+    if mode is None:
+        mode = 0 if m == 1 else 1
+    assert mode == 1 or m == 1
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     _kmajor_gemv_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
         m, n, k, x.stride(0), y.stride(0), per_split, split_k,
-        GROUP=group_size, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
-        HAS_BIAS=bias is not None, **{f"S{j}": _SHIFTS[j] for j in range(8)},
+        GROUP=group_size, BLOCK_M=16 if mode == 1 else 1, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, MODE=mode, **{f"S{j}": _SHIFTS[j] for j in range(8)},
         num_warps=num_warps, num_stages=num_stages)
     return y
 

@@ -80,10 +80,10 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
             # the workspace and counters are left at zero for the next call
             assert not scratch.workspace.any() and not scratch.counters.any()
         qk = to_kmajor(lin.qweight)
-        for split in (1, 3):
+        for mode, split in [(mode, split) for mode in ((0, 1) if m == 1 else (1,)) for split in (1, 3)]:
             y = tw.kmajor_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
-                               block_n=64, block_k=64, split_k=split, out=_poison(m, n, dtype))
-            assert _rel(y, ref) < TOL[dtype], f"k-major, split {split}"
+                               block_n=64, block_k=64, split_k=split, mode=mode, out=_poison(m, n, dtype))
+            assert _rel(y, ref) < TOL[dtype], f"k-major, mode {mode}, split {split}"
             # the workspace and counters are left at zero for the next call
             assert not scratch.workspace.any() and not scratch.counters.any()
     y = tw.gemm(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, group, block_m=16, block_n=64, block_k=64,

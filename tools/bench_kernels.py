@@ -3,8 +3,11 @@
 
     python tools/bench_kernels.py --out results.json [--quick]
 
-Llama-2-7B and Llama-3-8B linear shapes, M in {1, 2, 4, 8, 16, 32, 128, 512, 2048}. Medians of
-``triton.testing.do_bench`` (device events, L2 flushed before each call). Bandwidth counts the
+Llama-2-7B and Llama-3-8B linear shapes, M in {1, 2, 4, 8, 16, 32, 128, 512, 2048}. Configs are
+tuned with ``triton.testing.do_bench`` medians (device events, L2 flushed before each call); the
+decode rows (M ≤ 16) of the table are then timed as the runtime runs them: CUDA-graph replays
+over copies of the weights (≥ 256 MB, so L2 serves none), the median µs per call of 20 replays;
+prefill rows keep the do_bench medians. Bandwidth counts the
 4-bit weights + scales + zeros (+ activations in and out); the device-to-device copy bandwidth is
 measured in the same run. Correctness against an fp64 reference on fresh random inputs comes
 first; a config that fails it is not timed. Prints a markdown table last.
@@ -54,7 +57,11 @@ DECODE = {  # kind: (launcher, weight layout, M it is tuned at, configs)
     "dot": (tw.splitk_gemv, "gemm", 16, [dict(block_n=bn, block_k=64, num_warps=4, num_stages=3,
                                               target_programs=pps * 132, mode=1)
                                          for bn in (128, 256) for pps in (2, 4)]),
-    "k-dot": (tw.kmajor_gemv, "kmajor", 16, [c for c in KCFG if c["block_n"] <= 128]),
+    "k-dot": (tw.kmajor_gemv, "kmajor", 16, [dict(c, mode=1) for c in KCFG if c["block_n"] <= 128]),
+    "k-fma": (tw.kmajor_gemv, "kmajor", 1, [dict(block_n=bn, block_k=128, num_warps=w, num_stages=st,
+                                                 target_programs=pps * 132, mode=0)
+                                            for bn in (64, 128, 256) for w in (2, 4, 8) for st in (2, 4)
+                                            for pps in (4, 8)]),
 }
 GEMM_CONFIGS = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
@@ -63,6 +70,34 @@ GEMM_CONFIGS = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages
 
 def median_us(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def graph_us(calls, reps: int = 20) -> float:
+    """Median µs per call of ``calls`` captured once in a CUDA graph and replayed, as a decode step
+    runs. Each call should use its own copy of the weights so that none is served from L2."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (and compile) outside the capture
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1e3 / len(calls))
+    del g
+    return sorted(times)[len(times) // 2]
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -88,6 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="fewer configs and M values")
+    ap.add_argument("--decode-only", action="store_true", help="M ≤ 16 only, no prefill paths")
+    ap.add_argument("--kinds", default=",".join(DECODE), help="decode kernels to tune and time")
+    ap.add_argument("--ms", default=None, help="comma-separated M values (default: all)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
@@ -109,6 +147,11 @@ def main() -> None:
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)", flush=True)
 
     ms = MS if not a.quick else (1, 16, 2048)
+    if a.decode_only:
+        ms = tuple(m for m in ms if m <= 16)
+    if a.ms:
+        ms = tuple(int(v) for v in a.ms.split(","))
+    decode = {kind: DECODE[kind] for kind in a.kinds.split(",")}
     rows, tuned = [], {}
     for name, (k, n) in SHAPES.items():
         torch.manual_seed(0)
@@ -121,11 +164,16 @@ def main() -> None:
         qk = to_kmajor(qw)
         scratch = Scratch(dev, n, 64)
         wbytes = qw.numel() * 4 + qz.numel() * 4 + sc.numel() * 2
+        # weight copies for graph timing: at least 256 MB of 4-bit weights, so L2 (50 MB) serves none
+        n_copies = max(4, -(-(256 << 20) // wbytes))
+        copies = [dict(qw=qw.clone(), qk=qk.clone(), qz=qz.clone(), sc=sc.clone(),
+                       i4=(i4[0].clone(), i4[1].clone())) for _ in range(n_copies)]
+        w16_copies = [w16.clone() for _ in range(max(2, -(-(512 << 20) // (w16.numel() * 2))))]
         del w
 
         # --- decode kernels: tune each over its configs at one M, correctness first
         best = {}
-        for kind, (fn, layout, m, configs) in DECODE.items():
+        for kind, (fn, layout, m, configs) in decode.items():
             qw_ = qk if layout == "kmajor" else qw
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
             ref = x.double() @ w64
@@ -145,25 +193,26 @@ def main() -> None:
                   flush=True)
         tuned[name] = dict(best)
 
-        # --- prefill: fused GEMM configs vs dequantize + cuBLAS at a large M
-        x = torch.randn(2048, k, device=dev, dtype=torch.float16)
-        ref = x.double() @ w64
-        gres = []
-        for cfg in GEMM_CONFIGS:
-            try:
-                y = tw.gemm(x, qw, qz, sc, None, GROUP, out=torch.full((2048, n), float("nan"), device=dev,
-                                                                         dtype=torch.float16), **cfg)
-            except Exception as e:  # e.g. out of shared memory for a tile
-                print(f"  skip gemm {cfg}: {type(e).__name__}", flush=True)
-                continue
-            err = rel_err(y, ref)
-            if err > 5e-3:
-                print(f"  FAIL gemm {name} {cfg}: {err:.2e}", flush=True)
-                continue
-            gres.append((median_us(lambda: tw.gemm(x, qw, qz, sc, None, GROUP, **cfg)), cfg))
-        gres.sort(key=lambda r: r[0])
-        tuned[name]["gemm"] = gres[0][1]
-        del ref
+        if not a.decode_only:
+            # --- prefill: fused GEMM configs vs dequantize + cuBLAS at a large M
+            x = torch.randn(2048, k, device=dev, dtype=torch.float16)
+            ref = x.double() @ w64
+            gres = []
+            for cfg in GEMM_CONFIGS:
+                try:
+                    y = tw.gemm(x, qw, qz, sc, None, GROUP, out=torch.full((2048, n), float("nan"), device=dev,
+                                                                             dtype=torch.float16), **cfg)
+                except Exception as e:  # e.g. out of shared memory for a tile
+                    print(f"  skip gemm {cfg}: {type(e).__name__}", flush=True)
+                    continue
+                err = rel_err(y, ref)
+                if err > 5e-3:
+                    print(f"  FAIL gemm {name} {cfg}: {err:.2e}", flush=True)
+                    continue
+                gres.append((median_us(lambda: tw.gemm(x, qw, qz, sc, None, GROUP, **cfg)), cfg))
+            gres.sort(key=lambda r: r[0])
+            tuned[name]["gemm"] = gres[0][1]
+            del ref
 
         for m in ms:
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -172,8 +221,8 @@ def main() -> None:
             fp16_us = median_us(lambda: F.linear(x, w16))
             i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
             cands, errs = {}, {}
-            for kind, (fn, layout, _, _) in DECODE.items():
-                if m > 16 or ("fma" in kind and m > 4):
+            for kind, (fn, layout, _, _) in decode.items():
+                if m > 16 or (kind == "fma" and m > 4) or (kind == "k-fma" and m > 1):
                     continue
                 cfg = best[kind]
                 qw_ = qk if layout == "kmajor" else qw
@@ -181,12 +230,22 @@ def main() -> None:
                 errs[kind] = rel_err(y, ref)
                 cands[kind] = median_us(lambda: fn(x, qw_, qz, sc, None, GROUP, scratch.workspace,
                                                    scratch.counters, **cfg))
-            if m >= 16:
+            if m >= 16 and "gemm" in tuned[name]:
                 cfg = tuned[name]["gemm"]
                 errs["gemm"] = rel_err(tw.gemm(x, qw, qz, sc, None, GROUP, **cfg), ref)
                 errs["dequant+mm"] = rel_err(x @ tw.dequantize(qw, qz, sc, GROUP, torch.float16), ref)
                 cands["gemm"] = median_us(lambda: tw.gemm(x, qw, qz, sc, None, GROUP, **cfg))
                 cands["dequant+mm"] = median_us(lambda: x @ tw.dequantize(qw, qz, sc, GROUP, torch.float16))
+            if m <= 16:  # decode rows: time as the runtime will run them, CUDA-graph replays
+                graph = {"fp16": graph_us([lambda w=w: F.linear(x, w) for w in w16_copies]),
+                         "int4mm": graph_us([lambda c=c: int4pack_linear(xb, *c["i4"], GROUP, None) for c in copies])}
+                for kind in [kd for kd in cands if kd in decode]:  # (at 16 rows gemm and dequant+mm never won)
+                    fn, layout = decode[kind][0], decode[kind][1]
+                    graph[kind] = graph_us([lambda c=c, fn=fn, layout=layout, cfg=best[kind]: fn(
+                        x, c["qk" if layout == "kmajor" else "qw"], c["qz"], c["sc"], None, GROUP, scratch.workspace,
+                        scratch.counters, **cfg) for c in copies])
+                fp16_us, i4_us = graph.pop("fp16"), graph.pop("int4mm")
+                cands = graph
             path = min(cands, key=cands.get)
             us = cands[path]
             io = (m * k + m * n) * 2
@@ -202,7 +261,7 @@ def main() -> None:
                   f"{row['pct_copy']:5.1f}% copy BW  x{row['vs_int4mm']:.2f} int4mm  x{row['vs_fp16']:.2f} fp16  "
                   f"err {max(errs.values()):.1e}",
                   flush=True)
-        w16 = w64 = i4 = qk = scratch = None
+        w16 = w64 = i4 = qk = scratch = copies = w16_copies = None
         torch.cuda.empty_cache()
 
     spills = [ln for fn in (tw._splitk_gemv_kernel, tw._kmajor_gemv_kernel, tw._gemm_kernel)
