@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--n", type=int, default=22016)
     ap.add_argument("--m", type=int, default=1)
-    ap.add_argument("--kind", choices=["fma", "dot", "k-dot"], default="fma")
+    ap.add_argument("--kind", choices=["fma", "dot", "k-fma", "k-dot"], default="fma")
     ap.add_argument("--block-n", type=int, default=256)
     ap.add_argument("--block-k", type=int, default=64)
     ap.add_argument("--warps", type=int, default=4)
@@ -34,14 +34,13 @@ def main() -> None:
     ap.add_argument("--programs", type=int, default=528)
     a = ap.parse_args()
     t = pack_linear(*quantize(torch.randn(a.n, a.k, device="cuda") * 0.02, 128))
-    qw = to_kmajor(t["qweight"]) if a.kind == "k-dot" else t["qweight"]
+    kmajor = a.kind.startswith("k-")
+    qw = to_kmajor(t["qweight"]) if kmajor else t["qweight"]
     scratch = Scratch("cuda", a.n, 32)
     x = torch.randn(a.m, a.k, device="cuda", dtype=torch.float16)
-    fn = tw.kmajor_gemv if a.kind == "k-dot" else tw.splitk_gemv
+    fn = tw.kmajor_gemv if kmajor else tw.splitk_gemv
     cfg = dict(block_n=a.block_n, block_k=a.block_k, num_warps=a.warps, num_stages=a.stages,
-               target_programs=a.programs)
-    if a.kind != "k-dot":
-        cfg["mode"] = {"fma": 0, "dot": 1}[a.kind]
+               target_programs=a.programs, mode=0 if a.kind.endswith("fma") else 1)
     for _ in range(5):
         fn(x, qw, t["qzeros"], t["scales"], None, 128, scratch.workspace, scratch.counters, **cfg)
     torch.cuda.synchronize()
