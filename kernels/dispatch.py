@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from .layout import to_gemm
 from .reference import w4a16_linear_reference
 from .torch_int4 import inner_k_tiles, int4pack_linear, to_int4pack
 
@@ -28,9 +29,10 @@ BACKENDS = ("auto", "triton", "torch-int4", "reference")
 
 
 class PackedLinear(Protocol):
-    """What the kernels read: the checkpoint's GEMM tensors (see ``QuantLinear``)."""
+    """What the kernels read: the checkpoint's GEMM tensors (see ``QuantLinear``); ``qweight`` may
+    instead be held K-major as ``qweight_k`` (``QuantLinear.use_kmajor``)."""
 
-    qweight: torch.Tensor
+    qweight: torch.Tensor | None
     qzeros: torch.Tensor
     scales: torch.Tensor
     bias: torch.Tensor | None
@@ -51,6 +53,15 @@ class KernelSettings:
     gemv_warps: int = 4
     gemv_stages: int = 3
     gemv_programs_per_sm: int = 4
+    # K-major decode (used when a layer holds qweight_k): FMAs for one row, tensor cores for more
+    kfma_block_n: int = 128
+    kfma_warps: int = 4
+    kfma_stages: int = 4
+    kfma_programs_per_sm: int = 8
+    kdot_block_n: int = 64
+    kdot_warps: int = 4
+    kdot_stages: int = 3
+    kdot_programs_per_sm: int = 2
     gemm_block_m: int = 128
     gemm_block_n: int = 128
     gemm_block_k: int = 64
@@ -120,6 +131,9 @@ def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings 
     _announce(backend, reason)
     if backend == "triton":
         return _triton_linear(x, layer, settings, scratch)
+    if layer.qweight is None:  # held K-major, which only the Triton kernels read
+        _announce(backend, "a K-major layer is repacked to the GEMM layout on every call (slow)")
+        layer = _GemmView(to_gemm(layer.qweight_k), layer.qzeros, layer.scales, layer.bias, layer.group_size)
     if backend == "torch-int4":
         n, k = layer.scales.shape[1], layer.qweight.shape[0]
         if inner_k_tiles(n, k, layer.group_size) is not None:
@@ -131,6 +145,15 @@ def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings 
     return w4a16_linear_reference(x, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size)
 
 
+@dataclass(frozen=True)
+class _GemmView:
+    qweight: torch.Tensor
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+    group_size: int
+
+
 def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scratch: Scratch | None) -> torch.Tensor:
     tw = _triton_module()
     shape = x.shape
@@ -140,16 +163,29 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
     m, n = x2.shape[0], layer.scales.shape[1]
     if x2.dtype == torch.float32:  # tensor cores want 16-bit operands; fp32 callers get fp32 back
         return _triton_linear(x.to(torch.float16), layer, s, scratch).float()
+    qk = getattr(layer, "qweight_k", None)
     if m <= s.decode_max_m:
         if scratch is None or not scratch.fits(n) or scratch.workspace.device != x2.device:
             scratch = Scratch(x2.device, n, s.gemv_block_n)  # correct, but allocates: callers pass one
-        y = tw.splitk_gemv(x2, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size,
-                           scratch.workspace, scratch.counters, block_n=s.gemv_block_n, block_k=s.gemv_block_k,
-                           num_warps=s.gemv_warps,
-                           num_stages=s.gemv_stages, target_programs=s.gemv_programs_per_sm * _sm_count(x2.device))
-    elif m >= s.prefill_dequant_min_m:
-        w = tw.dequantize(layer.qweight, layer.qzeros, layer.scales, layer.group_size, x2.dtype)
-        y = x2 @ w
+        sms = _sm_count(x2.device)
+        if qk is not None and m == 1:
+            y = tw.kmajor_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, layer.group_size, scratch.workspace,
+                               scratch.counters, block_n=s.kfma_block_n, num_warps=s.kfma_warps,
+                               num_stages=s.kfma_stages, target_programs=s.kfma_programs_per_sm * sms, mode=0)
+        elif qk is not None:
+            y = tw.kmajor_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, layer.group_size, scratch.workspace,
+                               scratch.counters, block_n=s.kdot_block_n, num_warps=s.kdot_warps,
+                               num_stages=s.kdot_stages, target_programs=s.kdot_programs_per_sm * sms, mode=1)
+        else:
+            y = tw.splitk_gemv(x2, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size,
+                               scratch.workspace, scratch.counters, block_n=s.gemv_block_n, block_k=s.gemv_block_k,
+                               num_warps=s.gemv_warps, num_stages=s.gemv_stages,
+                               target_programs=s.gemv_programs_per_sm * sms)
+    elif qk is not None or m >= s.prefill_dequant_min_m:
+        if qk is not None:
+            y = x2 @ tw.dequantize_kmajor(qk, layer.qzeros, layer.scales, layer.group_size, x2.dtype).t()
+        else:
+            y = x2 @ tw.dequantize(layer.qweight, layer.qzeros, layer.scales, layer.group_size, x2.dtype)
         if layer.bias is not None:
             y += layer.bias.to(y.dtype)
     else:

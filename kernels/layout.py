@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from edge_awq.pack import unpack_int4
+from edge_awq.pack import pack_int4, unpack_int4
 
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 
@@ -27,3 +27,8 @@ def from_kmajor(qweight_k: torch.Tensor) -> torch.Tensor:
     """K-major (N, K/8) → codes (K, N) uint8 (for tests and the reference path)."""
     nib = (qweight_k.unsqueeze(-1) >> _SHIFTS.to(qweight_k.device)) & 0xF
     return nib.reshape(qweight_k.shape[0], -1).t().to(torch.uint8)
+
+
+def to_gemm(qweight_k: torch.Tensor) -> torch.Tensor:
+    """K-major (N, K/8) → GEMM ``qweight`` (K, N/8), for kernels that read only the GEMM layout."""
+    return pack_int4(from_kmajor(qweight_k))

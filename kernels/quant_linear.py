@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .dispatch import KernelSettings, Scratch, w4a16_linear
+from .layout import to_kmajor
 
 
 class QuantLinear(nn.Module):
@@ -23,6 +24,14 @@ class QuantLinear(nn.Module):
         # set by the runtime: kernel choice and tiles, and the split-K scratch its linears share
         self.kernel_settings = KernelSettings()
         self.scratch: Scratch | None = None
+
+    def use_kmajor(self) -> None:
+        """Repack for the K-major decode kernels (docs/format.md): ``qweight`` is replaced by
+        ``qweight_k`` (N, K/8), so the weights are still held once."""
+        if self.qweight is None:
+            return
+        self.register_buffer("qweight_k", to_kmajor(self.qweight))
+        self.qweight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w4a16_linear(x, self, self.kernel_settings, self.scratch)

@@ -251,6 +251,36 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K,
 # ---------------------------------------------------------------- launchers
 
 
+@triton.jit
+def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K,
+                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
+                           S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
+    """K-major words → W (N, K), row n contiguous along K (what ``x @ W.T`` reads)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_k = ks < K
+    offs_w = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(qk_ptr + offs_n[:, None] * (K // 8) + offs_w[None, :],
+                    mask=mask_n[:, None] & (offs_w < K // 8)[None, :], other=0)
+    w = tl.interleave(words, words)
+    w = tl.interleave(w, w)
+    w = tl.interleave(w, w)
+    codes = (w >> ((tl.arange(0, BLOCK_K) % 8) * 4)[None, :]) & 0xF  # (BN, BK)
+    g = ks // GROUP
+    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
+    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask_n[:, None] & mask_k[None, :],
+                 other=0)
+    z = (zw >> zshift[:, None]) & 0xF
+    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+    dt = w_ptr.dtype.element_ty
+    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], (codes.to(dt) - z.to(dt)) * s.to(dt),
+             mask=mask_n[:, None] & mask_k[None, :])
+
+
 def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None, target_programs: int
                 ) -> tuple[int, int, int]:
     """(column tiles, K-splits, K-steps per split): ``split_k`` as asked, or enough splits for
@@ -341,4 +371,16 @@ def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     _dequant_kernel[grid](qweight, qzeros, scales, w, n, k, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k,
                           **{f"S{j}": _SHIFTS[j] for j in range(8)})
+    return w
+
+
+def dequantize_kmajor(qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+                      dtype: torch.dtype, block_n: int = 64, block_k: int = 128, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """K-major tensors → W (N, K) in ``dtype``: the reference's values, transposed."""
+    n, k = qweight_k.shape[0], qweight_k.shape[1] * 8
+    w = torch.empty(n, k, dtype=dtype, device=qweight_k.device) if out is None else out
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+    _dequant_kmajor_kernel[grid](qweight_k, qzeros, scales, w, n, k, GROUP=group_size, BLOCK_N=block_n,
+                                 BLOCK_K=block_k, **{f"S{j}": _SHIFTS[j] for j in range(8)})
     return w

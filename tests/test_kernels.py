@@ -92,6 +92,9 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     w = tw.dequantize(lin.qweight, lin.qzeros, lin.scales, group, dtype, block_n=64, block_k=32,
                       out=_poison(k, n, dtype))
     assert torch.equal(w, dequantize_gemm(lin.qweight, lin.qzeros, lin.scales, group, dtype))
+    wk = tw.dequantize_kmajor(to_kmajor(lin.qweight), lin.qzeros, lin.scales, group, dtype, block_n=32, block_k=64,
+                              out=_poison(n, k, dtype))
+    assert torch.equal(wk, w.t())
 
 
 @pytest.mark.parametrize("k,n", [(256, 72), (576, 200)])
@@ -122,9 +125,13 @@ def test_reused_scratch_across_shapes_and_calls():
 def test_dispatch_on_gpu(m):
     lin = _layer(512, 200, 128, m, bias=True)
     x = _x(m, 512, torch.float16, m + 1)
+    ref = _ref(x, lin)
     for settings in (KernelSettings(), KernelSettings(prefill_dequant_min_m=1 << 30)):  # dequant+mm, fused
         lin.kernel_settings = settings
-        assert _rel(lin(x), _ref(x, lin)) < TOL[torch.float16]
+        assert _rel(lin(x), ref) < TOL[torch.float16]
+    lin.use_kmajor()  # the K-major kernels, and the weights still held once
+    assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
+    assert _rel(lin(x), ref) < TOL[torch.float16]
 
 
 def test_dispatch_on_cpu_is_the_reference_and_is_logged(caplog):
@@ -149,6 +156,15 @@ def test_torch_int4_layout_conversion(k, n, group):
     y = int4pack_linear(x, *packed, group, lin.bias)
     assert _rel(y, _ref(x, lin)) < TOL[torch.bfloat16]
     assert inner_k_tiles(72, 256, 64) is None and inner_k_tiles(144, 576, 64) == 4
+
+
+def test_kmajor_layer_on_cpu_falls_back_to_the_reference():
+    lin = _layer(256, 72, 64, 12, bias=True).to("cpu")
+    x = torch.randn(3, 256)
+    ref = lin(x)
+    lin.use_kmajor()
+    assert lin.qweight is None
+    assert torch.equal(lin(x), ref)
 
 
 def test_w4a16_linear_accepts_batched_input():

@@ -55,4 +55,4 @@ def test_package_imports_follow_the_layers():
 
 def test_kernels_depend_only_on_the_packing_math():
     for path in KERNELS.glob("*.py"):
-        assert _imports(path) <= {"pack", "reference", "torch_int4", "triton_w4a16", "dispatch"}, path.name
+        assert _imports(path) <= {"pack", "reference", "torch_int4", "triton_w4a16", "dispatch", "layout"}, path.name
