@@ -54,10 +54,10 @@ class KernelSettings:
     gemv_stages: int = 3
     gemv_programs_per_sm: int = 4
     # K-major decode (used when a layer holds qweight_k): FMAs for one row, tensor cores for more
-    kfma_block_n: int = 128
-    kfma_warps: int = 4
-    kfma_stages: int = 4
-    kfma_programs_per_sm: int = 8
+    kfma_block_n: int = 64
+    kfma_warps: int = 2
+    kfma_stages: int = 3
+    kfma_programs_per_sm: int = 16
     kdot_block_n: int = 64
     kdot_warps: int = 4
     kdot_stages: int = 3

@@ -50,7 +50,7 @@ GROUP = 128
 # decode kernels and the configs each is tuned over (at the M of the key)
 KCFG = [dict(block_n=bn, block_k=bk, num_warps=w, num_stages=3, target_programs=pps * 132)
         for bn in (32, 64, 128, 256) for bk in (64, 128) for w in (4, 8) for pps in (2, 4)]
-DECODE = {  # kind: (launcher, weight layout, M it is tuned at, configs)
+DECODE = {  # kind: (launcher, weight layout, M it is tuned at, configs); --kinds picks (default: not *-wide)
     "fma": (tw.splitk_gemv, "gemm", 1, [dict(block_n=256, block_k=bk, num_warps=w, num_stages=3,
                                              target_programs=pps * 132, mode=0)
                                         for bk in (32, 64) for w in (4, 8) for pps in (2, 4)]),
@@ -62,6 +62,11 @@ DECODE = {  # kind: (launcher, weight layout, M it is tuned at, configs)
                                                  target_programs=pps * 132, mode=0)
                                             for bn in (64, 128, 256) for w in (2, 4, 8) for st in (2, 4)
                                             for pps in (4, 8)]),
+    # a wider search for one row: more, smaller programs (more bytes in flight per SM)
+    "k-fma-wide": (tw.kmajor_gemv, "kmajor", 1, [dict(block_n=bn, block_k=128, num_warps=w, num_stages=st,
+                                                      target_programs=pps * 132, mode=0)
+                                                 for bn in (32, 64, 128) for w in (1, 2) for st in (2, 3, 5)
+                                                 for pps in (16, 32)]),
 }
 GEMM_CONFIGS = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
                 for bm, bn, bk, w, s in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
@@ -124,7 +129,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="fewer configs and M values")
     ap.add_argument("--decode-only", action="store_true", help="M ≤ 16 only, no prefill paths")
-    ap.add_argument("--kinds", default=",".join(DECODE), help="decode kernels to tune and time")
+    ap.add_argument("--kinds", default=",".join(k for k in DECODE if not k.endswith("-wide")),
+                    help="decode kernels to tune and time")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: all)")
     a = ap.parse_args()
     dev = torch.device("cuda")
@@ -222,7 +228,7 @@ def main() -> None:
             i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
             cands, errs = {}, {}
             for kind, (fn, layout, _, _) in decode.items():
-                if m > 16 or (kind == "fma" and m > 4) or (kind == "k-fma" and m > 1):
+                if m > 16 or (kind == "fma" and m > 4) or (kind.startswith("k-fma") and m > 1):
                     continue
                 cfg = best[kind]
                 qw_ = qk if layout == "kmajor" else qw
