@@ -98,6 +98,15 @@ def _splitk_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
 
 
 @triton.jit
+def _unpack_kmajor(words, BLOCK_K: tl.constexpr):
+    """(R, BK/8) K-major words → (R, BK) int32 codes, k in natural order."""
+    w = tl.interleave(words, words)
+    w = tl.interleave(w, w)
+    w = tl.interleave(w, w)
+    return (w >> ((tl.arange(0, BLOCK_K) % 8) * 4)[None, :]) & 0xF
+
+
+@triton.jit
 def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                         M, N, K, stride_xm, stride_ym, iters_per_split, split_k,
                         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -118,7 +127,6 @@ def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
     offs_w = tl.arange(0, BLOCK_K // 8)
-    kshift = (offs_k % 8) * 4  # natural nibble order along K
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     k_iters = tl.cdiv(K, BLOCK_K)
@@ -130,10 +138,7 @@ def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_
         mask_k = ks < K
         words = tl.load(qk_ptr + offs_n[:, None] * k8 + (k0 // 8 + offs_w)[None, :],
                         mask=mask_n[:, None] & ((k0 // 8 + offs_w) < k8)[None, :], other=0)
-        w = tl.interleave(words, words)
-        w = tl.interleave(w, w)
-        w = tl.interleave(w, w)
-        codes = (w >> kshift[None, :]) & 0xF  # (BN, BK)
+        codes = _unpack_kmajor(words, BLOCK_K)  # (BN, BK)
         g = k0 // GROUP
         zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> zshift) & 0xF).to(tl.float32)
@@ -248,9 +253,6 @@ def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K,
     tl.store(w_ptr + ks[:, None] * N + offs_n[None, :], w, mask=mask_k[:, None] & mask_n[None, :])
 
 
-# ---------------------------------------------------------------- launchers
-
-
 @triton.jit
 def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K,
                            GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -266,10 +268,7 @@ def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K,
     offs_w = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
     words = tl.load(qk_ptr + offs_n[:, None] * (K // 8) + offs_w[None, :],
                     mask=mask_n[:, None] & (offs_w < K // 8)[None, :], other=0)
-    w = tl.interleave(words, words)
-    w = tl.interleave(w, w)
-    w = tl.interleave(w, w)
-    codes = (w >> ((tl.arange(0, BLOCK_K) % 8) * 4)[None, :]) & 0xF  # (BN, BK)
+    codes = _unpack_kmajor(words, BLOCK_K)  # (BN, BK)
     g = ks // GROUP
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
     zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask_n[:, None] & mask_k[None, :],
@@ -279,6 +278,9 @@ def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K,
     dt = w_ptr.dtype.element_ty
     tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], (codes.to(dt) - z.to(dt)) * s.to(dt),
              mask=mask_n[:, None] & mask_k[None, :])
+
+
+# ---------------------------------------------------------------- launchers
 
 
 def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None, target_programs: int
