@@ -1,9 +1,10 @@
 """One entry point for every W4A16 linear: ``w4a16_linear(x, layer)`` picks the kernel.
 
 - CPU: the torch reference (unpack + matmul).
-- CUDA with Triton: the split-K GEMV for M ≤ ``decode_max_m`` rows (FMAs for one row, tensor
-  cores above), else dequantize + cuBLAS (or the fused Triton GEMM below
-  ``prefill_dequant_min_m`` rows; see docs/benchmarks.md for which measured faster).
+- CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``): one row →
+  ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor cores), as the settings say; 2..``decode_max_m``
+  rows → ``gemv_dot``; more → dequantize to 16 bits (the whole layer, or ``prefill_chunk_n``
+  columns at a time into a scratch that stays in L2) + cuBLAS.
 - CUDA without Triton (some Jetson images): torch's int4 kernel ``_weight_int4pack_mm`` where the
   GPU (sm80+) and shape allow, else the reference.
 
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from .layout import to_gemm
+from .layout import to_gemm, to_kmajor
 from .reference import w4a16_linear_reference
 from .torch_int4 import inner_k_tiles, int4pack_linear, to_int4pack
 
@@ -41,45 +42,38 @@ class PackedLinear(Protocol):
 
 @dataclass(frozen=True)
 class KernelSettings:
-    """Kernel choice and tiles; platform profiles override these."""
+    """Kernel choice and tiles; platform profiles override these (defaults: measured on the H100,
+    docs/benchmarks.md)."""
 
     backend: str = "auto"
     decode_max_m: int = 16
-    # rows from which dequantize + cuBLAS runs instead of the fused GEMM: on the H100 it was faster
-    # from 17 rows on every Llama shape but gate_up 4096→28672 at 32–128 rows (docs/benchmarks.md)
-    prefill_dequant_min_m: int = 17
-    gemv_block_n: int = 256
-    gemv_block_k: int = 64
-    gemv_warps: int = 4
-    gemv_stages: int = 3
-    gemv_programs_per_sm: int = 4
-    # K-major decode (used when a layer holds qweight_k): FMAs for one row, tensor cores for more
-    kfma_block_n: int = 64
-    kfma_warps: int = 2
-    kfma_stages: int = 3
-    kfma_programs_per_sm: int = 16
-    kdot_block_n: int = 64
-    kdot_warps: int = 4
-    kdot_stages: int = 3
-    kdot_programs_per_sm: int = 2
-    gemm_block_m: int = 128
-    gemm_block_n: int = 128
-    gemm_block_k: int = 64
-    gemm_warps: int = 8
-    gemm_stages: int = 3
+    row_kernel: str = "row"  # one row: "row" (gemv_row, FMAs) or "dot" (gemv_dot, tensor cores)
+    row_block_n: int = 32
+    row_chunk_k: int = 512
+    row_warps: int = 2
+    dot_block_n: int = 64
+    dot_warps: int = 4
+    dot_stages: int = 4
+    dot_programs_per_sm: int = 4
+    prefill_chunk_n: int = 0  # 0: dequantize the whole layer before the matmul
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"kernel backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.row_kernel not in ("row", "dot"):
+            raise ValueError(f"row_kernel {self.row_kernel!r} is not 'row' or 'dot'")
 
 
 class Scratch:
-    """Zeroed fp32 workspace and arrival counters for the split-K kernel, shared by one model's
-    linears on one device. Every launch leaves them zero again, so they are allocated once."""
+    """Workspaces shared by one model's linears on one device, allocated once: the split-K fp32
+    partial sums and arrival counters (every launch leaves them zero again), and the 16-bit
+    buffer prefill dequantizes into (``dequant_elems`` elements; 0: allocated per call)."""
 
-    def __init__(self, device: torch.device | str, max_n: int, block_n: int = 256):
+    def __init__(self, device: torch.device | str, max_n: int, min_block_n: int = 16, dequant_elems: int = 0,
+                 dtype: torch.dtype = torch.float16):
         self.workspace = torch.zeros(16 * max_n, dtype=torch.float32, device=device)
-        self.counters = torch.zeros(-(-max_n // min(block_n, 64)), dtype=torch.int32, device=device)
+        self.counters = torch.zeros(-(-max_n // min_block_n), dtype=torch.int32, device=device)
+        self.dequant = torch.empty(dequant_elems, dtype=dtype, device=device) if dequant_elems else None
         self.max_n = max_n
 
     def fits(self, n: int) -> bool:
@@ -131,16 +125,18 @@ def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings 
     _announce(backend, reason)
     if backend == "triton":
         return _triton_linear(x, layer, settings, scratch)
+    packed = getattr(layer, "int4pack", None)  # prepared for torch's int4 kernel (QuantLinear.prepare)
+    if backend == "torch-int4" and packed is not None:
+        return int4pack_linear(x, packed[0], packed[1], layer.group_size, layer.bias)
     if layer.qweight is None:  # held K-major, which only the Triton kernels read
         _announce(backend, "a K-major layer is repacked to the GEMM layout on every call (slow)")
         layer = _GemmView(to_gemm(layer.qweight_k), layer.qzeros, layer.scales, layer.bias, layer.group_size)
     if backend == "torch-int4":
         n, k = layer.scales.shape[1], layer.qweight.shape[0]
-        if inner_k_tiles(n, k, layer.group_size) is not None:
-            packed = getattr(layer, "int4pack", None)
-            if packed is None:  # not prepared ahead (QuantLinear.prepare): convert per call, slowly but right
-                packed = to_int4pack(layer.qweight, layer.qzeros, layer.scales)
-            return int4pack_linear(x, packed[0], packed[1], layer.group_size, layer.bias)
+        if inner_k_tiles(n, k, layer.group_size) is not None:  # not prepared: convert per call, slowly but right
+            _announce(backend, "a GEMM-layout layer is converted to int4pack on every call (slow)")
+            return int4pack_linear(x, *to_int4pack(layer.qweight, layer.qzeros, layer.scales), layer.group_size,
+                                   layer.bias)
         _announce("reference", f"shape N={n}, K={k} is outside _weight_int4pack_mm")
     return w4a16_linear_reference(x, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size)
 
@@ -161,35 +157,43 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, n = x2.shape[0], layer.scales.shape[1]
-    if x2.dtype == torch.float32:  # tensor cores want 16-bit operands; fp32 callers get fp32 back
-        return _triton_linear(x.to(torch.float16), layer, s, scratch).float()
     qk = getattr(layer, "qweight_k", None)
+    if qk is None:
+        _announce("triton", "a GEMM-layout layer is repacked to K-major on every call (slow; QuantLinear.prepare)")
+        qk = to_kmajor(layer.qweight)
+    g = layer.group_size
     if m <= s.decode_max_m:
         if scratch is None or not scratch.fits(n) or scratch.workspace.device != x2.device:
-            scratch = Scratch(x2.device, n, s.gemv_block_n)  # correct, but allocates: callers pass one
-        sms = _sm_count(x2.device)
-        if qk is not None and m == 1:
-            y = tw.kmajor_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, layer.group_size, scratch.workspace,
-                               scratch.counters, block_n=s.kfma_block_n, num_warps=s.kfma_warps,
-                               num_stages=s.kfma_stages, target_programs=s.kfma_programs_per_sm * sms, mode=0)
-        elif qk is not None:
-            y = tw.kmajor_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, layer.group_size, scratch.workspace,
-                               scratch.counters, block_n=s.kdot_block_n, num_warps=s.kdot_warps,
-                               num_stages=s.kdot_stages, target_programs=s.kdot_programs_per_sm * sms, mode=1)
+            scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
+        if m == 1 and s.row_kernel == "row":
+            y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
+                            block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps)
         else:
-            y = tw.splitk_gemv(x2, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size,
-                               scratch.workspace, scratch.counters, block_n=s.gemv_block_n, block_k=s.gemv_block_k,
-                               num_warps=s.gemv_warps, num_stages=s.gemv_stages,
-                               target_programs=s.gemv_programs_per_sm * sms)
-    elif qk is not None or m >= s.prefill_dequant_min_m:
-        if qk is not None:
-            y = x2 @ tw.dequantize_kmajor(qk, layer.qzeros, layer.scales, layer.group_size, x2.dtype).t()
-        else:
-            y = x2 @ tw.dequantize(layer.qweight, layer.qzeros, layer.scales, layer.group_size, x2.dtype)
-        if layer.bias is not None:
-            y += layer.bias.to(y.dtype)
+            xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
+            y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
+                            block_n=s.dot_block_n, num_warps=s.dot_warps, num_stages=s.dot_stages,
+                            target_programs=s.dot_programs_per_sm * _sm_count(x2.device)).to(x2.dtype)
     else:
-        y = tw.gemm(x2, layer.qweight, layer.qzeros, layer.scales, layer.bias, layer.group_size,
-                    block_m=s.gemm_block_m, block_n=s.gemm_block_n, block_k=s.gemm_block_k,
-                    num_warps=s.gemm_warps, num_stages=s.gemm_stages)
+        y = _prefill(tw, x2, qk, layer, s, scratch)
     return y.reshape(*shape[:-1], n)
+
+
+def _prefill(tw, x: torch.Tensor, qk: torch.Tensor, layer: PackedLinear, s: KernelSettings,
+             scratch: Scratch | None) -> torch.Tensor:
+    """Dequantize to x's 16-bit dtype + cuBLAS; in column chunks when the settings ask, so each
+    chunk is still in L2 when the matmul reads it."""
+    xd = x if x.dtype != torch.float32 else x.to(torch.float16)
+    n, k = layer.scales.shape[1], x.shape[1]
+    chunk = s.prefill_chunk_n if 0 < s.prefill_chunk_n < n else n
+    buf = scratch.dequant if scratch is not None and scratch.dequant is not None else None
+    if buf is None or buf.numel() < chunk * k or buf.dtype != xd.dtype:
+        buf = torch.empty(chunk * k, dtype=xd.dtype, device=x.device)
+    y = torch.empty(x.shape[0], n, dtype=xd.dtype, device=x.device)
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        w = tw.dequantize_kmajor(qk, layer.qzeros, layer.scales, layer.group_size, xd.dtype, rows=(n0, n1),
+                                 out=buf[: (n1 - n0) * k].view(n1 - n0, k))
+        torch.mm(xd, w.t(), out=y[:, n0:n1])
+    if layer.bias is not None:
+        y += layer.bias.to(y.dtype)
+    return y.to(x.dtype)

@@ -1,12 +1,14 @@
-"""QuantLinear: the module that holds one W4A16 linear in the AutoAWQ GEMM layout."""
+"""QuantLinear: the module that holds one W4A16 linear, in the checkpoint's GEMM layout until
+``prepare`` lays it out for the kernels that will run it."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .dispatch import KernelSettings, Scratch, w4a16_linear
+from .dispatch import KernelSettings, Scratch, select_backend, w4a16_linear
 from .layout import to_kmajor
+from .torch_int4 import inner_k_tiles, to_int4pack
 
 
 class QuantLinear(nn.Module):
@@ -21,17 +23,30 @@ class QuantLinear(nn.Module):
         self.register_buffer("qzeros", torch.empty(groups, out_features // 8, dtype=torch.int32, device=device))
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=torch.float16, device=device) if bias else None)
-        # set by the runtime: kernel choice and tiles, and the split-K scratch its linears share
+        # set by the runtime: kernel choice and tiles, and the scratch its linears share
         self.kernel_settings = KernelSettings()
         self.scratch: Scratch | None = None
 
     def use_kmajor(self) -> None:
-        """Repack for the K-major decode kernels (docs/format.md): ``qweight`` is replaced by
-        ``qweight_k`` (N, K/8), so the weights are still held once."""
+        """Repack for the Triton kernels (docs/format.md): ``qweight`` is replaced by ``qweight_k``
+        (N, K/8), so the weights are still held once."""
         if self.qweight is None:
             return
         self.register_buffer("qweight_k", to_kmajor(self.qweight))
         self.qweight = None
+
+    def prepare(self, settings: KernelSettings, scratch: Scratch | None = None) -> str:
+        """Lay the weights out for the backend these settings pick on this module's device
+        (K-major for Triton, int4pack for torch's int4 kernel, as stored for the reference), once,
+        holding one copy. Returns the backend."""
+        self.kernel_settings, self.scratch = settings, scratch
+        backend, _ = select_backend(self.qzeros.device, settings)
+        if backend == "triton":
+            self.use_kmajor()
+        elif backend == "torch-int4" and inner_k_tiles(self.out_features, self.in_features, self.group_size):
+            self.int4pack = to_int4pack(self.qweight, self.qzeros, self.scales)
+            self.qweight = None
+        return backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w4a16_linear(x, self, self.kernel_settings, self.scratch)

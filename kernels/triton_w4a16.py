@@ -1,22 +1,19 @@
-"""Triton W4A16 kernels on the AutoAWQ GEMM layout (see docs/format.md and ``edge_awq.pack``).
+"""Triton W4A16 kernels on the K-major runtime layout (``layout.py``, docs/format.md).
 
-- ``splitk_gemv`` for decode (M ≤ 16). Memory-bound: every weight byte is read once, in 16-byte
-  loads of whole (BK, BN/8) word tiles. Words are unpacked in registers (``tl.interleave``, then
-  per-column shifts that undo AWQ's nibble order), and codes become floats by the 2^23 trick
-  (OR into a float's mantissa, subtract) instead of an int→float conversion. Scale and zero are
-  factored out of the inner product per group, Σ_k x (q − z) s = s (Σ_k x q − z Σ_k x), so per
-  weight the work is shift, mask, subtract, and one FMA (one row) or a tensor-core dot.
-  K is split across programs to fill the GPU; partial sums meet in an fp32 workspace through
+- ``gemv_row`` (one row, decode at batch 1): each program reduces a (BLOCK_N, CHUNK_K) tile in one
+  pass without a loop, so all its 16-byte loads are in flight at once; codes become floats by
+  ``_offset_code`` (one LOP3 each, no conversion), one FFMA per weight, fp32 throughout.
+- ``gemv_dot`` (2–16 rows): tensor cores on yᵀ = W xᵀ, one group per step, weights as the A
+  operand in exact 16-bit codes (``_codes16``: two codes per LOP3, AWQ's nibble order).
+- Both split K across programs to fill the GPU; partial sums meet in an fp32 workspace through
   atomics, and the program that finishes a column tile last (a per-tile counter) writes the
   output and leaves workspace and counter at zero: one launch, no memset.
-- ``kmajor_gemv``: decode on the K-major runtime layout (``layout.py``): a thread's load is 32
-  consecutive k of one column, the weight tile is the tensor cores' A operand.
-- ``gemm`` for prefill (large M): the same unpacking, dequantized in the activation dtype, one
-  tensor-core dot per K step.
-- ``dequantize`` writes the 16-bit weight, for the dequantize-then-cuBLAS prefill path.
+- ``dequantize_kmajor`` writes the 16-bit weight for dequantize-then-cuBLAS prefill.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -24,8 +21,19 @@ import triton.language as tl
 
 from edge_awq.pack import AWQ_REVERSE
 
-# shift of natural column j within its word: 4 × (nibble index holding column j)
+# shift of natural column j within its word (zeros keep the GEMM layout; ``_shift_pattern``)
 _SHIFTS = tuple(4 * i for i in AWQ_REVERSE)
+# fp32 exponent fields that make a nibble at bit 12 / 16 the top of the mantissa (``_offset_code``)
+_MAGIC12, _MAGIC16 = (150 - 12) << 23, (150 - 16) << 23
+
+# 1024 (fp16) and 128 (bf16) as 16-bit float bit patterns, twice: a nibble OR-ed into either half
+# is an exact code (``_pair16``)
+_MAGIC16BIT = {torch.float16: 0x64006400, torch.bfloat16: 0x43004300}
+
+
+def _interpreted() -> bool:
+    """Triton's CPU interpreter runs no inline PTX: the kernels take their pure-Triton branch there."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -39,120 +47,161 @@ def _shift_pattern(BLOCK_N: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2
 
 
 @triton.jit
-def _unpack_tile(words, shifts):
-    """(R, C/8) int32 words → (R, C) int32 codes in natural column order."""
-    w = tl.interleave(words, words)
-    w = tl.interleave(w, w)
-    w = tl.interleave(w, w)
-    return (w >> shifts[None, :]) & 0xF
+def _pair16(words, P: tl.constexpr, magic, base, DT: tl.constexpr, ASM: tl.constexpr):
+    """q − z of k = 8j + 2P and 8j + 2P + 1 (nibbles P and P + 4, bits 4P and 4P + 16 of a
+    K-major word) as two 16-bit floats, exactly, with no int→float conversion (a quarter-rate
+    instruction): one shift and one LOP3 put both nibbles under the bit pattern of 1024 (fp16) or
+    128 (bf16) in each half (``magic`` holds it twice); then, as a half2, minus ``base`` (that
+    power of two plus the row's zero point, (R, 1) int32 holding it twice) in one HFMA2.
+    The inline PTX is elementwise on int32 (pack 1), so it is right whatever register layout Triton
+    picks; the interpreter, which runs no PTX, takes the same arithmetic in Triton."""
+    if ASM:
+        if DT == tl.float16:
+            v = tl.inline_asm_elementwise(
+                "{.reg .b32 t, o; shr.u32 t, $1, $4; lop3.b32 t, t, 0x000F000F, $3, 0xEA; "
+                "mov.b32 o, 0x3C003C00; fma.rn.f16x2 $0, t, o, $2;}",
+                "=r,r,r,r,r", [words, base, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
+                is_pure=True, pack=1)
+        else:
+            v = tl.inline_asm_elementwise(
+                "{.reg .b32 t, o; shr.u32 t, $1, $4; lop3.b32 t, t, 0x000F000F, $3, 0xEA; "
+                "mov.b32 o, 0x3F803F80; fma.rn.bf16x2 $0, t, o, $2;}",
+                "=r,r,r,r,r", [words, base, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
+                is_pure=True, pack=1)
+        lo = v.to(tl.int16).to(DT, bitcast=True)
+        hi = (v >> 16).to(tl.int16).to(DT, bitcast=True)
+    else:
+        v = ((words >> (4 * P)) & 0x000F000F) | magic
+        nb = base.to(tl.int16).to(DT, bitcast=True)  # −(power of two + z)
+        lo = v.to(tl.int16).to(DT, bitcast=True) + nb
+        hi = (v >> 16).to(tl.int16).to(DT, bitcast=True) + nb
+    return lo, hi
 
 
 @triton.jit
-def _splitk_gemv_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
-                        M, N, K, stride_xm, stride_ym, iters_per_split, split_k,
-                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, MODE: tl.constexpr,
-                        S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
-                        S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
+def _codes16(words, magic, zeros, DT: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """(R, BK/8) K-major words and (R,) fp32 zero points → (R, BK) q − z in ``DT`` (fp16 or
+    bf16), k in natural order. ``tl.join`` adds a minor axis: k = 8j + 4a + 2b + c is pair 2a + b,
+    half c."""
+    nb = -((magic & 0xFFFF).to(tl.int16).to(DT, bitcast=True).to(tl.float32) + zeros)
+    nb16 = nb.to(DT).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    base = (nb16 | (nb16 << 16))[:, None]
+    lo0, hi0 = _pair16(words, 0, magic, base, DT, ASM)
+    lo1, hi1 = _pair16(words, 1, magic, base, DT, ASM)
+    lo2, hi2 = _pair16(words, 2, magic, base, DT, ASM)
+    lo3, hi3 = _pair16(words, 3, magic, base, DT, ASM)
+    codes = tl.join(tl.join(tl.join(lo0, lo2), tl.join(lo1, lo3)), tl.join(tl.join(hi0, hi2), tl.join(hi1, hi3)))
+    return tl.reshape(codes, (words.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _offset_code(src, POS: tl.constexpr, magic):
+    """The nibble at bits POS..POS+3 of ``src`` as the fp32 value 2^(23−POS) + q, exactly: the
+    nibble becomes the top mantissa bits under an exponent of 23 − POS (``magic`` = (150 − POS)
+    << 23, passed at run time so that ptxas fuses the AND and the OR into one LOP3; as two
+    immediates they take two). No conversion and no subtraction: the caller removes
+    2^(23−POS)·Σx once per group. POS is 12 or 16, so that offset is at most 2048 and costs fp32
+    at most 8 of its 24 bits."""
+    return ((src & (0xF << POS)) | magic).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
+                     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr,
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
+                     S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
+    """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
+    tile in one pass, with no loop: every load of the tile is issued before the first is used, so
+    a program keeps BLOCK_N·CHUNK_K/2 bytes in flight and a few resident programs per SM cover the
+    DRAM latency. Per 8 weights (one word): 4 shifts, 8 LOP3 (``_offset_code``) and 8 FFMA."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    n8 = N // 8
-    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    offs_k = tl.arange(0, BLOCK_K)
-    shifts = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    k_iters = tl.cdiv(K, BLOCK_K)
-    it0 = pid_k * iters_per_split
-    it1 = tl.minimum(it0 + iters_per_split, k_iters)
-    for it in range(it0, it1):
-        ks = it * BLOCK_K + offs_k
-        mask_k = ks < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0)
-        qw = tl.load(qw_ptr + ks[:, None] * n8 + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0)
-        codes = _unpack_tile(qw, shifts)
-        g = (it * BLOCK_K) // GROUP  # BLOCK_K divides GROUP: one group per step
-        zw = tl.load(qz_ptr + g * n8 + offs_n // 8, mask=mask_n, other=0)
-        z = ((zw >> shifts) & 0xF).to(tl.float32)
-        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        xf = x.to(tl.float32)
-        if MODE == 1:
-            part = tl.dot(x, codes.to(x.dtype), out_dtype=tl.float32)
-        else:
-            q = (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            part = tl.sum(xf[:, :, None] * q[None, :, :], axis=1)
-        # Σ_k x (q − z) s = s (Σ_k x q − z Σ_k x): scale and zero once per group and column
-        acc += (part - tl.sum(xf, axis=1)[:, None] * z[None, :]) * s[None, :]
+    WORDS: tl.constexpr = CHUNK_K // 8
+    GROUPS: tl.constexpr = CHUNK_K // GROUP
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_j = pid_k * WORDS + tl.arange(0, WORDS)
+    mask_j = offs_j < k8
+    w = tl.load(qk_ptr + offs_n[:, None] * k8 + offs_j[None, :], mask=mask_n[:, None] & mask_j[None, :], other=0,
+                eviction_policy="evict_first")
+    xp = x_ptr + offs_j * 8
+    x0 = tl.load(xp + 0, mask=mask_j, other=0.0).to(tl.float32)
+    x1 = tl.load(xp + 1, mask=mask_j, other=0.0).to(tl.float32)
+    x2 = tl.load(xp + 2, mask=mask_j, other=0.0).to(tl.float32)
+    x3 = tl.load(xp + 3, mask=mask_j, other=0.0).to(tl.float32)
+    x4 = tl.load(xp + 4, mask=mask_j, other=0.0).to(tl.float32)
+    x5 = tl.load(xp + 5, mask=mask_j, other=0.0).to(tl.float32)
+    x6 = tl.load(xp + 6, mask=mask_j, other=0.0).to(tl.float32)
+    x7 = tl.load(xp + 7, mask=mask_j, other=0.0).to(tl.float32)
+    # nibble i (bits 4i) holds k = 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]; bring each to bit 12 or 16
+    lo16 = w << 16
+    lo8 = w << 8
+    hi8 = w >> 8
+    hi12 = w >> 12
+    acc = _offset_code(lo16, 16, m16) * x0[None, :]  # nibble 0
+    acc += _offset_code(lo8, 12, m12) * x2[None, :]  # 1
+    acc += _offset_code(lo8, 16, m16) * x4[None, :]  # 2
+    acc += _offset_code(w, 12, m12) * x6[None, :]  # 3
+    acc += _offset_code(w, 16, m16) * x1[None, :]  # 4
+    acc += _offset_code(hi8, 12, m12) * x3[None, :]  # 5
+    acc += _offset_code(hi12, 12, m12) * x5[None, :]  # 6
+    acc += _offset_code(hi12, 16, m16) * x7[None, :]  # 7
+    # per group: Σ x (q − z) s = s (Σ x (q + off) − Σ x off − z Σ x), off = 2^(23−POS) per nibble
+    xsum = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    xoff = 128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6)
+    part = tl.sum(tl.reshape(acc, (BLOCK_N, GROUPS, GROUP // 8)), axis=2)  # (BN, GROUPS)
+    xsum_g = tl.sum(tl.reshape(xsum, (GROUPS, GROUP // 8)), axis=1)
+    xoff_g = tl.sum(tl.reshape(xoff, (GROUPS, GROUP // 8)), axis=1)
+    g = pid_k * GROUPS + tl.arange(0, GROUPS)
+    mask = mask_n[:, None] & (g < K // GROUP)[None, :]
+    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
+    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask, other=0)
+    z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)
+    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask, other=0.0).to(tl.float32)
+    y = tl.sum(s * (part - xoff_g[None, :] - z * xsum_g[None, :]), axis=1)  # (BN,)
     if SPLIT:
-        mask = mask_m[:, None] & mask_n[None, :]
-        tl.atomic_add(ws_ptr + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask)
-        _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m, N, stride_ym,
-                      BLOCK_M, BLOCK_N, HAS_BIAS)
+        one = tl.arange(0, 1)
+        tl.atomic_add(ws_ptr + offs_n, y, mask=mask_n)
+        _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, one, one < 1, N, N, 1, BLOCK_N, HAS_BIAS)
     else:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
-def _unpack_kmajor(words, BLOCK_K: tl.constexpr):
-    """(R, BK/8) K-major words → (R, BK) int32 codes, k in natural order."""
-    w = tl.interleave(words, words)
-    w = tl.interleave(w, w)
-    w = tl.interleave(w, w)
-    return (w >> ((tl.arange(0, BLOCK_K) % 8) * 4)[None, :]) & 0xF
-
-
-@triton.jit
-def _kmajor_gemv_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
-                        M, N, K, stride_xm, stride_ym, iters_per_split, split_k,
-                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, MODE: tl.constexpr,
-                        S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
-                        S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    """Decode on the K-major runtime layout (``layout.to_kmajor``): a word holds 8 consecutive k of
-    one output column, so each thread's 16-byte load is 32 consecutive k of one column and the
-    K-reduction stays inside a thread (plus a few warp shuffles) — no shared memory, no barrier per
-    step. MODE 0 (one row): FMAs reduced in registers. MODE 1: tensor cores on yᵀ = W xᵀ, the weight
-    tile as the A operand. Accumulators are (BN, BM)."""
+def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+                     M, N, K, k8, stride_xm, stride_ym, groups_per_split, split_k, magic,
+                     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
+                     S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
+                     S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
+    """Up to 16 rows on the K-major layout with tensor cores: yᵀ = W xᵀ, one group of K per step,
+    the weight tile as the A operand in exact 16-bit q − z (``_codes16``); the scale is applied per
+    group to the (BN, BM) partial product."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    k8 = K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_w = tl.arange(0, BLOCK_K // 8)
+    offs_k = tl.arange(0, GROUP)
+    offs_w = tl.arange(0, GROUP // 8)
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
-    k_iters = tl.cdiv(K, BLOCK_K)
-    it0 = pid_k * iters_per_split
-    it1 = tl.minimum(it0 + iters_per_split, k_iters)
-    for it in range(it0, it1):
-        k0 = it * BLOCK_K
-        ks = k0 + offs_k
-        mask_k = ks < K
-        words = tl.load(qk_ptr + offs_n[:, None] * k8 + (k0 // 8 + offs_w)[None, :],
-                        mask=mask_n[:, None] & ((k0 // 8 + offs_w) < k8)[None, :], other=0)
-        codes = _unpack_kmajor(words, BLOCK_K)  # (BN, BK)
-        g = k0 // GROUP
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    for g in range(g0, g1):
+        words = tl.load(qk_ptr + offs_n[:, None] * k8 + (g * (GROUP // 8) + offs_w)[None, :],
+                        mask=mask_n[:, None], other=0, eviction_policy="evict_first")
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + (g * GROUP + offs_k)[:, None], mask=mask_m[None, :],
+                     other=0.0)  # (G, BM): xᵀ
         zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> zshift) & 0xF).to(tl.float32)
         s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if MODE == 0:  # one row, FMAs: each thread sums its own 32 k, then a few warp shuffles
-            xv = tl.load(x_ptr + ks, mask=mask_k, other=0.0).to(tl.float32)
-            q = (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # 2^23 trick, as above
-            part = tl.sum(q * xv[None, :], axis=1)
-            acc += ((part - z * tl.sum(xv, axis=0)) * s)[:, None]
-        else:
-            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + ks[:, None],
-                         mask=mask_k[:, None] & mask_m[None, :], other=0.0)  # (BK, BM): xᵀ
-            part = tl.dot(codes.to(xt.dtype), xt, out_dtype=tl.float32)  # (BN, BM): weights are the A operand
-            acc += (part - z[:, None] * tl.sum(xt.to(tl.float32), axis=0)[None, :]) * s[:, None]
+        part = tl.dot(_codes16(words, magic, z, xt.dtype, GROUP, ASM), xt, out_dtype=tl.float32)  # (BN, BM)
+        acc += part * s[:, None]
     if SPLIT:
         tl.atomic_add(ws_ptr + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask_n[:, None] & mask_m[None, :])
         _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m, N, stride_ym,
@@ -177,6 +226,7 @@ def _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m,
         ws = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         zero = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         acc = tl.atomic_add(ws, zero, mask=mask)  # an atomic read: coherent with the other programs' adds
+        acc = tl.where(mask, acc, 0.0)  # masked lanes return nothing defined
         tl.store(ws, zero, mask=mask)  # no other program of this launch touches the tile any more
         tl.store(cnt_ptr + pid_n, 0)
         if HAS_BIAS:
@@ -185,99 +235,29 @@ def _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m,
 
 
 @triton.jit
-def _column_tile(pid_n, N, BLOCK_N: tl.constexpr):
-    """Columns of tile ``pid_n`` and their words in a GEMM-layout row, with bounds masks."""
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = pid_n * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-    return offs_n, offs_c, offs_n < N, offs_c < N // 8
-
-
-@triton.jit
-def _gemm_kernel(x_ptr, qw_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_ym,
-                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
-                 S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: programs sharing weight columns run together, so weight tiles hit L2
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    shifts = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + offs_k
-        mask_k = ks < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0)
-        qw = tl.load(qw_ptr + ks[:, None] * (N // 8) + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :],
-                     other=0)
-        g = k0 // GROUP
-        zw = tl.load(qz_ptr + g * (N // 8) + offs_c, mask=mask_c, other=0)
-        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(x.dtype)
-        q = _unpack_tile(qw, shifts).to(x.dtype)
-        z = tl.reshape(_unpack_tile(zw[None, :], shifts), (BLOCK_N,)).to(x.dtype)
-        w = (q - z[None, :]) * s[None, :]
-        acc = tl.dot(x, w, acc, out_dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _dequant_kernel(qw_ptr, qz_ptr, s_ptr, w_ptr, N, K,
-                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
-                    S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    pid_k = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_k = ks < K
-    offs_n, offs_c, mask_n, mask_c = _column_tile(pid_n, N, BLOCK_N)
-    shifts = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
-    qw = tl.load(qw_ptr + ks[:, None] * (N // 8) + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0)
-    g = ks // GROUP
-    zw = tl.load(qz_ptr + g[:, None] * (N // 8) + offs_c[None, :], mask=mask_k[:, None] & mask_c[None, :], other=0)
-    s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-    dt = w_ptr.dtype.element_ty
-    w = (_unpack_tile(qw, shifts).to(dt) - _unpack_tile(zw, shifts).to(dt)) * s.to(dt)
-    tl.store(w_ptr + ks[:, None] * N + offs_n[None, :], w, mask=mask_k[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K,
-                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K, k8, stride_g, magic,
+                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
                            S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                            S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    """K-major words → W (N, K), row n contiguous along K (what ``x @ W.T`` reads)."""
+    """K-major words → W (N, K) = (q − z)·s in the output dtype, row n contiguous along K (what
+    ``x @ W.T`` reads); the same values as the torch reference. BLOCK_K divides the group.
+    ``stride_g``: row stride (columns) of the scales, whose columns may be a slice of a wider layer."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_k = ks < K
     offs_w = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-    words = tl.load(qk_ptr + offs_n[:, None] * (K // 8) + offs_w[None, :],
-                    mask=mask_n[:, None] & (offs_w < K // 8)[None, :], other=0)
-    codes = _unpack_kmajor(words, BLOCK_K)  # (BN, BK)
-    g = ks // GROUP
-    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
-    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask_n[:, None] & mask_k[None, :],
-                 other=0)
-    z = (zw >> zshift[:, None]) & 0xF
-    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+    words = tl.load(qk_ptr + offs_n[:, None] * k8 + offs_w[None, :], mask=mask_n[:, None], other=0,
+                    eviction_policy="evict_first")
     dt = w_ptr.dtype.element_ty
-    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], (codes.to(dt) - z.to(dt)) * s.to(dt),
-             mask=mask_n[:, None] & mask_k[None, :])
+    g = (pid_k * BLOCK_K) // GROUP
+    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
+    zw = tl.load(qz_ptr + g * (stride_g // 8) + offs_n // 8, mask=mask_n, other=0)
+    z = ((zw >> zshift) & 0xF).to(tl.float32)
+    s = tl.load(s_ptr + g * stride_g + offs_n, mask=mask_n, other=0.0).to(dt)
+    codes = _codes16(words, magic, z, dt, BLOCK_K, ASM)  # (BN, BK): q − z
+    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], codes * s[:, None], mask=mask_n[:, None])
 
 
 # ---------------------------------------------------------------- launchers
@@ -295,94 +275,58 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
     return tiles, triton.cdiv(k_iters, per_split), per_split
 
 
-def splitk_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
-                block_n: int = 256, block_k: int = 128, split_k: int | None = None, num_warps: int = 4,
-                num_stages: int = 3, target_programs: int = 0, mode: int | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M ≤ 16, K) → (M, N). ``workspace`` fp32 ≥ M·N and ``counters`` int32 ≥ N/block_n, both zero
-    (they are left at zero). ``split_k`` None: enough K-splits for ``target_programs`` programs.
-    ``mode``: 0 fp32 FMAs, 1 tensor-core dot (rows padded to 16). None: 0 for one row, 1 otherwise."""
+def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+             bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
+             block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, out: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
+    meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
+    ``chunk_k`` is rounded up to a multiple of the group."""
     m, k = x.shape
     n = scales.shape[1]
-    assert m <= 16 and x.stride(1) == 1
-    block_k = min(block_k, group_size)
-    tiles, split_k, per_split = _split_grid(n, k, block_n, block_k, split_k, target_programs)
-    if mode is None:
-        mode = 0 if m == 1 else 1
-    block_m = 16 if mode == 1 else triton.next_power_of_2(m)
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
-    _splitk_gemv_kernel[(tiles, split_k)](
-        x, qweight, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
-        m, n, k, x.stride(0), y.stride(0), per_split, split_k,
-        GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
-        HAS_BIAS=bias is not None, MODE=mode, **{f"S{j}": _SHIFTS[j] for j in range(8)},
-        num_warps=num_warps, num_stages=num_stages)
+    assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
+    chunk_k = -(-chunk_k // group_size) * group_size
+    tiles, split_k = triton.cdiv(n, block_n), triton.cdiv(k, chunk_k)
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
+    _gemv_row_kernel[(tiles, split_k)](
+        x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
+        split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, SPLIT=split_k > 1,
+        HAS_BIAS=bias is not None, **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1)
     return y
 
 
-def kmajor_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
-                block_n: int = 128, block_k: int = 128, split_k: int | None = None, num_warps: int = 4,
-                num_stages: int = 3, target_programs: int = 0, mode: int | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M ≤ 16, K) → (M, N) from the K-major runtime layout (``layout.to_kmajor``); other
-    arguments as ``splitk_gemv`` (mode 0, FMAs, takes one row only; None: 0 for one row)."""
+def gemv_dot(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+             bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
+             block_n: int = 64, split_k: int | None = None, num_warps: int = 4, num_stages: int = 3,
+             target_programs: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (≤ 16, K) fp16/bf16 → (M, N) from the K-major layout with tensor cores; workspace as
+    ``gemv_row`` (≥ M·N); ``split_k`` None: enough K-splits for ``target_programs`` programs."""
     m, k = x.shape
     n = scales.shape[1]
-    assert m <= 16 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
-    block_k = min(block_k, group_size)
-    tiles, split_k, per_split = _split_grid(n, k, block_n, block_k, split_k, target_programs)
-    if mode is None:
-        mode = 0 if m == 1 else 1
-    assert mode == 1 or m == 1
+    assert m <= 16 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8) and x.dtype in _MAGIC16BIT
+    tiles, split_k, per_split = _split_grid(n, k, block_n, group_size, split_k, target_programs)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
-    _kmajor_gemv_kernel[(tiles, split_k)](
+    _gemv_dot_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
-        m, n, k, x.stride(0), y.stride(0), per_split, split_k,
-        GROUP=group_size, BLOCK_M=16 if mode == 1 else 1, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
-        HAS_BIAS=bias is not None, MODE=mode, **{f"S{j}": _SHIFTS[j] for j in range(8)},
-        num_warps=num_warps, num_stages=num_stages)
+        m, n, k, k // 8, x.stride(0), y.stride(0), per_split, split_k, _MAGIC16BIT[x.dtype],
+        GROUP=group_size, BLOCK_M=16, BLOCK_N=block_n, SPLIT=split_k > 1, HAS_BIAS=bias is not None,
+        ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps,
+        num_stages=num_stages)
     return y
-
-
-def gemm(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-         bias: torch.Tensor | None, group_size: int, block_m: int = 128, block_n: int = 128, block_k: int = 64,
-         group_m: int = 8, num_warps: int = 8, num_stages: int = 3, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M, K) → (M, N), fused dequantize + tensor-core GEMM."""
-    m, k = x.shape
-    n = scales.shape[1]
-    assert x.stride(1) == 1
-    block_k = min(block_k, group_size)
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _gemm_kernel[grid](x, qweight, qzeros, scales, bias if bias is not None else scales, y, m, n, k,
-                       x.stride(0), y.stride(0), GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n,
-                       BLOCK_K=block_k, GROUP_M=group_m, HAS_BIAS=bias is not None,
-                       **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=num_stages)
-    return y
-
-
-def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-               dtype: torch.dtype, block_n: int = 128, block_k: int = 32, out: torch.Tensor | None = None
-               ) -> torch.Tensor:
-    """GEMM tensors → W^T (K, N) in ``dtype`` (the same values as the torch reference)."""
-    k = qweight.shape[0]
-    n = scales.shape[1]
-    w = torch.empty(k, n, dtype=dtype, device=qweight.device) if out is None else out
-    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
-    _dequant_kernel[grid](qweight, qzeros, scales, w, n, k, GROUP=group_size, BLOCK_N=block_n, BLOCK_K=block_k,
-                          **{f"S{j}": _SHIFTS[j] for j in range(8)})
-    return w
-
 
 def dequantize_kmajor(qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-                      dtype: torch.dtype, block_n: int = 64, block_k: int = 128, out: torch.Tensor | None = None
-                      ) -> torch.Tensor:
-    """K-major tensors → W (N, K) in ``dtype``: the reference's values, transposed."""
-    n, k = qweight_k.shape[0], qweight_k.shape[1] * 8
+                      dtype: torch.dtype, rows: tuple[int, int] | None = None, block_n: int = 64, block_k: int = 128,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """K-major tensors → W (N, K) in ``dtype`` (fp16/bf16): the reference's values, transposed.
+    ``rows`` (n0, n1), n0 a multiple of 8: only output columns n0..n1 of the layer, as (n1 − n0, K)
+    (a chunk of the weight that fits in L2 while cuBLAS reads it)."""
+    n0, n1 = rows if rows is not None else (0, qweight_k.shape[0])
+    assert n0 % 8 == 0
+    n, k = n1 - n0, qweight_k.shape[1] * 8
+    block_k = min(block_k, group_size)
     w = torch.empty(n, k, dtype=dtype, device=qweight_k.device) if out is None else out
-    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
-    _dequant_kmajor_kernel[grid](qweight_k, qzeros, scales, w, n, k, GROUP=group_size, BLOCK_N=block_n,
-                                 BLOCK_K=block_k, **{f"S{j}": _SHIFTS[j] for j in range(8)})
+    grid = (triton.cdiv(n, block_n), k // block_k)
+    _dequant_kmajor_kernel[grid](qweight_k[n0:n1], qzeros[:, n0 // 8:], scales[:, n0:], w, n, k, k // 8,
+                                 scales.shape[1], _MAGIC16BIT[dtype], GROUP=group_size, BLOCK_N=block_n,
+                                 BLOCK_K=block_k, ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)})
     return w

@@ -26,7 +26,7 @@ TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
 # bf16 is checked where the kernels really run, on the GPU.
 DTYPES = [torch.float16] if DEVICE == "cpu" else [torch.float16, torch.bfloat16]
 
-# (M, K, N, group): K not a multiple of 128 (320, 576), N not a multiple of 64 (72, 200, 136)
+# (M, K, N, group): K not a multiple of 128 (320, 576), N not a multiple of 64 (72, 200, 136), M = 1, 3, 16, 33
 CASES = [(1, 256, 72, 128), (3, 320, 200, 64), (16, 576, 136, 64), (1, 256, 256, 32), (16, 512, 64, 128),
          (33, 320, 72, 32), (5, 256, 200, 128)]
 
@@ -69,32 +69,28 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     lin = _layer(k, n, group, seed, bias=bool(seed % 2))
     x = _x(m, k, dtype, seed + 1)
     ref = _ref(x, lin)
+    qk = to_kmajor(lin.qweight)
     if m <= 16:
-        scratch = Scratch(DEVICE, n, 128)
-        # FMA or tensor cores; whole K per program, three K-splits, as many as the grid wants
-        for mode, split in [(mode, split) for mode in (0, 1) for split in (1, 3, None)]:
-            y = tw.splitk_gemv(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace,
-                               scratch.counters, block_n=128, block_k=64, split_k=split, target_programs=64,
-                               mode=mode, out=_poison(m, n, dtype))
-            assert _rel(y, ref) < TOL[dtype], f"mode {mode}, split {split}"
-            # the workspace and counters are left at zero for the next call
+        scratch = Scratch(DEVICE, n, 16)
+        if m == 1:  # FMAs: whole K in one program, or chunks of one or two groups (K-splits)
+            for block_n, chunk in ((16, 4096), (32, group), (64, 2 * group)):
+                y = tw.gemv_row(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                                block_n=block_n, chunk_k=chunk, out=_poison(m, n, dtype))
+                assert _rel(y, ref) < TOL[dtype], f"row, block_n {block_n}, chunk {chunk}"
+                # the workspace and counters are left at zero for the next call
+                assert not scratch.workspace.any() and not scratch.counters.any()
+        # tensor cores: whole K per program, three K-splits, as many as the grid wants
+        for block_n, split in ((64, 1), (32, 3), (64, None)):
+            y = tw.gemv_dot(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                            block_n=block_n, split_k=split, target_programs=64, out=_poison(m, n, dtype))
+            assert _rel(y, ref) < TOL[dtype], f"dot, block_n {block_n}, split {split}"
             assert not scratch.workspace.any() and not scratch.counters.any()
-        qk = to_kmajor(lin.qweight)
-        for mode, split in [(mode, split) for mode in ((0, 1) if m == 1 else (1,)) for split in (1, 3)]:
-            y = tw.kmajor_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
-                               block_n=64, block_k=64, split_k=split, mode=mode, out=_poison(m, n, dtype))
-            assert _rel(y, ref) < TOL[dtype], f"k-major, mode {mode}, split {split}"
-            # the workspace and counters are left at zero for the next call
-            assert not scratch.workspace.any() and not scratch.counters.any()
-    y = tw.gemm(x, lin.qweight, lin.qzeros, lin.scales, lin.bias, group, block_m=16, block_n=64, block_k=64,
-                num_warps=4, out=_poison(m, n, dtype))
-    assert _rel(y, ref) < TOL[dtype]
-    w = tw.dequantize(lin.qweight, lin.qzeros, lin.scales, group, dtype, block_n=64, block_k=32,
-                      out=_poison(k, n, dtype))
-    assert torch.equal(w, dequantize_gemm(lin.qweight, lin.qzeros, lin.scales, group, dtype))
-    wk = tw.dequantize_kmajor(to_kmajor(lin.qweight), lin.qzeros, lin.scales, group, dtype, block_n=32, block_k=64,
+    w = dequantize_gemm(lin.qweight, lin.qzeros, lin.scales, group, dtype).t()
+    wk = tw.dequantize_kmajor(qk, lin.qzeros, lin.scales, group, dtype, block_n=32, block_k=64,
                               out=_poison(n, k, dtype))
-    assert torch.equal(wk, w.t())
+    assert torch.equal(wk, w)  # the reference's values, bit for bit
+    part = tw.dequantize_kmajor(qk, lin.qzeros, lin.scales, group, dtype, rows=(8, 56), block_n=32)
+    assert torch.equal(part, w[8:56])
 
 
 @pytest.mark.parametrize("k,n", [(256, 72), (576, 200)])
@@ -105,33 +101,39 @@ def test_kmajor_layout_round_trip(k, n):
     qk = to_kmajor(qweight)
     assert qk.shape == (n, k // 8) and qk.dtype == torch.int32
     assert torch.equal(from_kmajor(qk), codes.to(torch.uint8))
-    # word [n, j], nibble i holds k = 8j + i: spot-check against the definition
-    assert ((qk[3, 2] >> 20) & 0xF).item() == codes[8 * 2 + 5, 3].item()
+    # word [n, j], nibble i holds k = 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]: spot-check against the definition
+    assert ((qk[3, 2] >> 20) & 0xF).item() == codes[8 * 2 + 3, 3].item()
+    assert ((qk[3, 2] >> 4) & 0xF).item() == codes[8 * 2 + 2, 3].item()
     assert torch.equal(unpack_int4(qweight), codes.to(torch.uint8))
 
 
 def test_reused_scratch_across_shapes_and_calls():
-    scratch = Scratch(DEVICE, 256, 128)
+    scratch = Scratch(DEVICE, 256, 16)
     for i, (k, n, group) in enumerate([(256, 256, 64), (320, 72, 32), (256, 256, 64)]):
         lin = _layer(k, n, group, 100 + i, bias=False)
+        qk = to_kmajor(lin.qweight)
         x = _x(2, k, torch.float16, 200 + i)
-        y = tw.splitk_gemv(x, lin.qweight, lin.qzeros, lin.scales, None, group, scratch.workspace,
-                           scratch.counters, block_n=128, split_k=2)
+        y = tw.gemv_dot(x, qk, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
+                        block_n=32, split_k=2)
         assert _rel(y, _ref(x, lin)) < TOL[torch.float16]
+        y = tw.gemv_row(x[:1], qk, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
+                        block_n=32, chunk_k=group)
+        assert _rel(y, _ref(x[:1], lin)) < TOL[torch.float16]
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="dispatch picks Triton on CUDA only (CPU case below)")
-@pytest.mark.parametrize("m", [1, 16, 17, 300])
+@pytest.mark.parametrize("m", [1, 2, 16, 17, 300])
 def test_dispatch_on_gpu(m):
     lin = _layer(512, 200, 128, m, bias=True)
     x = _x(m, 512, torch.float16, m + 1)
     ref = _ref(x, lin)
-    for settings in (KernelSettings(), KernelSettings(prefill_dequant_min_m=1 << 30)):  # dequant+mm, fused
+    assert _rel(lin(x), ref) < TOL[torch.float16]  # a GEMM-layout layer: repacked per call
+    assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
+    assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
+    for settings in (KernelSettings(), KernelSettings(row_kernel="dot"), KernelSettings(prefill_chunk_n=64)):
         lin.kernel_settings = settings
         assert _rel(lin(x), ref) < TOL[torch.float16]
-    lin.use_kmajor()  # the K-major kernels, and the weights still held once
-    assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
-    assert _rel(lin(x), ref) < TOL[torch.float16]
+        assert _rel(lin(x.float()), ref) < TOL[torch.float16]
 
 
 def test_dispatch_on_cpu_is_the_reference_and_is_logged(caplog):
@@ -162,6 +164,7 @@ def test_kmajor_layer_on_cpu_falls_back_to_the_reference():
     lin = _layer(256, 72, 64, 12, bias=True).to("cpu")
     x = torch.randn(3, 256)
     ref = lin(x)
+    assert lin.prepare(KernelSettings()) == "reference" and lin.qweight is not None  # CPU: kept as stored
     lin.use_kmajor()
     assert lin.qweight is None
     assert torch.equal(lin(x), ref)

@@ -1,16 +1,21 @@
 # ruff: noqa: B023 (each lambda is timed at once, inside the loop that binds it)
 """W4A16 kernel benchmark (GPU): ours vs fp16 torch.matmul vs torch's _weight_int4pack_mm, in one run.
 
-    python tools/bench_kernels.py --out results.json [--quick]
+    python tools/bench_kernels.py --out results.json [--quick] [--ms 1,16,2048]
 
-Llama-2-7B and Llama-3-8B linear shapes, M in {1, 2, 4, 8, 16, 32, 128, 512, 2048}. Configs are
-tuned with ``triton.testing.do_bench`` medians (device events, L2 flushed before each call); the
-decode rows (M ≤ 16) of the table are then timed as the runtime runs them: CUDA-graph replays
-over copies of the weights (≥ 256 MB, so L2 serves none), the median µs per call of 20 replays;
-prefill rows keep the do_bench medians. Bandwidth counts the
-4-bit weights + scales + zeros (+ activations in and out); the device-to-device copy bandwidth is
-measured in the same run. Correctness against an fp64 reference on fresh random inputs comes
-first; a config that fails it is not timed. Prints a markdown table last.
+Needs edge-awq installed (it imports ``edge_awq.kernels``); tools/device_kernels.sh runs it on the
+lent GPU.
+
+Llama-2-7B and Llama-3-8B linear shapes, M in {1, 2, 4, 8, 16, 32, 128, 512, 2048}, group 128,
+fp16 activations (bf16 for torch's int4 kernel, which takes nothing else). Decode rows (M ≤ 16)
+are timed as the runtime runs them: one CUDA graph of calls over copies of the weights (≥ 256 MB,
+so L2 serves none), median µs per call of 20 replays, for every path including the peers; each
+decode kernel's configuration is tuned that way in the same run. Prefill rows are
+``triton.testing.do_bench`` medians (device events, L2 flushed). Bandwidth counts the 4-bit
+weights + scales + zeros + activations in and out; the device-to-device copy bandwidth and a
+read-only probe (the decode tiling with no arithmetic: what its loads alone reach) are measured
+in the same run. Every configuration is checked against an fp64 reference on fresh random inputs,
+output poisoned with NaN first; one that fails is not timed. Prints a markdown table last.
 """
 
 from __future__ import annotations
@@ -18,24 +23,22 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
 from triton.testing import do_bench
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge_awq.kernels import triton_w4a16 as tw  # noqa: E402
-from edge_awq.kernels.dispatch import Scratch  # noqa: E402
-from edge_awq.kernels.layout import to_kmajor  # noqa: E402
-from edge_awq.kernels.reference import dequantize_gemm  # noqa: E402
-from edge_awq.kernels.torch_int4 import int4pack_linear, to_int4pack  # noqa: E402
-from edge_awq.pack import pack_linear  # noqa: E402
-from edge_awq.quant import quantize  # noqa: E402
+from edge_awq.kernels import triton_w4a16 as tw
+from edge_awq.kernels.dispatch import Scratch
+from edge_awq.kernels.layout import to_kmajor
+from edge_awq.kernels.reference import dequantize_gemm
+from edge_awq.kernels.torch_int4 import int4pack_linear, to_int4pack
+from edge_awq.pack import pack_linear
+from edge_awq.quant import quantize
 
 SHAPES = {  # name: (K, N)
     "qkv 4096→12288": (4096, 12288),
@@ -47,30 +50,29 @@ SHAPES = {  # name: (K, N)
 }
 MS = (1, 2, 4, 8, 16, 32, 128, 512, 2048)
 GROUP = 128
-# decode kernels and the configs each is tuned over (at the M of the key)
-KCFG = [dict(block_n=bn, block_k=bk, num_warps=w, num_stages=3, target_programs=pps * 132)
-        for bn in (32, 64, 128, 256) for bk in (64, 128) for w in (4, 8) for pps in (2, 4)]
-DECODE = {  # kind: (launcher, weight layout, M it is tuned at, configs); --kinds picks (default: not *-wide)
-    "fma": (tw.splitk_gemv, "gemm", 1, [dict(block_n=256, block_k=bk, num_warps=w, num_stages=3,
-                                             target_programs=pps * 132, mode=0)
-                                        for bk in (32, 64) for w in (4, 8) for pps in (2, 4)]),
-    "dot": (tw.splitk_gemv, "gemm", 16, [dict(block_n=bn, block_k=64, num_warps=4, num_stages=3,
-                                              target_programs=pps * 132, mode=1)
-                                         for bn in (128, 256) for pps in (2, 4)]),
-    "k-dot": (tw.kmajor_gemv, "kmajor", 16, [dict(c, mode=1) for c in KCFG if c["block_n"] <= 128]),
-    "k-fma": (tw.kmajor_gemv, "kmajor", 1, [dict(block_n=bn, block_k=128, num_warps=w, num_stages=st,
-                                                 target_programs=pps * 132, mode=0)
-                                            for bn in (64, 128, 256) for w in (2, 4, 8) for st in (2, 4)
-                                            for pps in (4, 8)]),
-    # a wider search for one row: more, smaller programs (more bytes in flight per SM)
-    "k-fma-wide": (tw.kmajor_gemv, "kmajor", 1, [dict(block_n=bn, block_k=128, num_warps=w, num_stages=st,
-                                                      target_programs=pps * 132, mode=0)
-                                                 for bn in (32, 64, 128) for w in (1, 2) for st in (2, 3, 5)
-                                                 for pps in (16, 32)]),
-}
-GEMM_CONFIGS = [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
-                for bm, bn, bk, w, s in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
-                                         (128, 128, 128, 8, 3), (64, 64, 128, 4, 4), (256, 128, 64, 8, 3))]
+ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
+            for w in (1, 2, 4)]
+DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
+            for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (2, 4) for pps in (2, 4, 8)]
+CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
+
+
+@triton.jit
+def _read_probe_kernel(qk_ptr, out_ptr, N, k8, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr):
+    """The row kernel's loads with no arithmetic: what its tiling alone reaches."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = pid_k * (CHUNK_K // 8) + tl.arange(0, CHUNK_K // 8)
+    w = tl.load(qk_ptr + offs_n[:, None] * k8 + offs_j[None, :], mask=(offs_n < N)[:, None] & (offs_j < k8)[None, :],
+                other=0, eviction_policy="evict_first")
+    tl.store(out_ptr + pid_n * tl.num_programs(1) + pid_k, tl.xor_sum(tl.xor_sum(w, axis=1), axis=0))
+
+
+def read_probe(qk: torch.Tensor, out: torch.Tensor, block_n: int, chunk_k: int, num_warps: int) -> None:
+    n, k8 = qk.shape
+    _read_probe_kernel[(triton.cdiv(n, block_n), triton.cdiv(k8 * 8, chunk_k))](
+        qk, out, n, k8, BLOCK_N=block_n, CHUNK_K=chunk_k, num_warps=num_warps)
 
 
 def median_us(fn) -> float:
@@ -111,27 +113,26 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def compiled_stats(fn) -> list[str]:
-    """Registers and spills of every compiled variant of a Triton kernel (best effort across versions)."""
-    out = []
-    try:
-        for cache in fn.device_caches.values():
-            for key, kernel in cache[0].items():
-                out.append(f"{fn.__name__}: regs {kernel.n_regs}, spills {kernel.n_spills}, "
-                           f"warps {kernel.metadata.num_warps}, key {str(key)[-160:]}")
-    except Exception as e:  # the cache layout is Triton-internal
-        out.append(f"{getattr(fn, '__name__', fn)}: no compile stats ({type(e).__name__}: {e})")
-    return out
+def prefill(x, qk, qz, sc, scratch16, n_chunk):
+    """Dequantize (all at once, or ``n_chunk`` columns at a time into an L2-sized scratch) + cuBLAS."""
+    n, k = sc.shape[1], x.shape[1]
+    if n_chunk is None or n_chunk >= n:
+        return F.linear(x, tw.dequantize_kmajor(qk, qz, sc, GROUP, x.dtype, out=scratch16[: n * k].view(n, k)))
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    for n0 in range(0, n, n_chunk):
+        n1 = min(n, n0 + n_chunk)
+        w = tw.dequantize_kmajor(qk, qz, sc, GROUP, x.dtype, rows=(n0, n1),
+                                 out=scratch16[: (n1 - n0) * qk.shape[1] * 8].view(n1 - n0, -1))
+        torch.mm(x, w.t(), out=y[:, n0:n1])
+    return y
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="fewer configs and M values")
-    ap.add_argument("--decode-only", action="store_true", help="M ≤ 16 only, no prefill paths")
-    ap.add_argument("--kinds", default=",".join(k for k in DECODE if not k.endswith("-wide")),
-                    help="decode kernels to tune and time")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: all)")
+    ap.add_argument("--shapes", default=None, help="comma-separated shape name prefixes (default: all)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
@@ -141,7 +142,7 @@ def main() -> None:
     except OSError:
         commit = "?"
     info = {"device": props.name, "sms": sms, "torch": torch.__version__, "triton": triton.__version__,
-            "commit": commit, "group": GROUP}
+            "commit": commit or "?", "group": GROUP}
     print(json.dumps(info), flush=True)
 
     buf = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
@@ -153,105 +154,101 @@ def main() -> None:
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)", flush=True)
 
     ms = MS if not a.quick else (1, 16, 2048)
-    if a.decode_only:
-        ms = tuple(m for m in ms if m <= 16)
     if a.ms:
         ms = tuple(int(v) for v in a.ms.split(","))
-    decode = {kind: DECODE[kind] for kind in a.kinds.split(",")}
+    row_cfgs = ROW_CFGS[::3] if a.quick else ROW_CFGS
+    dot_cfgs = DOT_CFGS[::3] if a.quick else DOT_CFGS
+    shapes = {k: v for k, v in SHAPES.items() if not a.shapes or any(k.startswith(p) for p in a.shapes.split(","))}
+    scratch16 = torch.empty(8192 * 14336, dtype=torch.float16, device=dev)
     rows, tuned = [], {}
-    for name, (k, n) in SHAPES.items():
+    for name, (k, n) in shapes.items():
         torch.manual_seed(0)
         w = torch.randn(n, k, device=dev) * 0.02
         t = pack_linear(*quantize(w, GROUP))
         qw, qz, sc = t["qweight"], t["qzeros"], t["scales"]
+        del w, t
         w16 = dequantize_gemm(qw, qz, sc, GROUP, torch.float16).t().contiguous()  # (N, K) for F.linear
         w64 = dequantize_gemm(qw, qz, sc, GROUP, torch.float64)
         i4 = to_int4pack(qw, qz, sc)
         qk = to_kmajor(qw)
-        scratch = Scratch(dev, n, 64)
-        wbytes = qw.numel() * 4 + qz.numel() * 4 + sc.numel() * 2
-        # weight copies for graph timing: at least 256 MB of 4-bit weights, so L2 (50 MB) serves none
+        del qw
+        scratch = Scratch(dev, 16 * n, 16)
+        wbytes = qk.numel() * 4 + qz.numel() * 4 + sc.numel() * 2
         n_copies = max(4, -(-(256 << 20) // wbytes))
-        copies = [dict(qw=qw.clone(), qk=qk.clone(), qz=qz.clone(), sc=sc.clone(),
-                       i4=(i4[0].clone(), i4[1].clone())) for _ in range(n_copies)]
+        copies = [dict(qk=qk.clone(), qz=qz.clone(), sc=sc.clone(), i4=(i4[0].clone(), i4[1].clone()))
+                  for _ in range(n_copies)]
         w16_copies = [w16.clone() for _ in range(max(2, -(-(512 << 20) // (w16.numel() * 2))))]
-        del w
+        probe_out = torch.empty(1 << 16, dtype=torch.int32, device=dev)
 
-        # --- decode kernels: tune each over its configs at one M, correctness first
+        def ok(y, ref):
+            err = rel_err(y, ref)
+            clean = not scratch.workspace.any() and not scratch.counters.any()
+            return err, err < 5e-3 and clean
+
+        def row_call(x, c, cfg):
+            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters, **cfg)
+
+        def dot_call(x, c, cfg):
+            cfg = dict(cfg)
+            pps = cfg.pop("programs_per_sm")
+            return tw.gemv_dot(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
+                               target_programs=pps * sms, **cfg)
+
         best = {}
-        for kind, (fn, layout, m, configs) in decode.items():
-            qw_ = qk if layout == "kmajor" else qw
+
+        def tune(kind, m, cfgs, call):
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
             ref = x.double() @ w64
-            results = []
-            for cfg in configs[:: 4 if a.quick else 1]:
-                out = torch.full((m, n), float("nan"), device=dev, dtype=torch.float16)
-                y = fn(x, qw_, qz, sc, None, GROUP, scratch.workspace, scratch.counters, out=out, **cfg)
-                err = rel_err(y, ref)
-                if err > 5e-3 or scratch.workspace.any() or scratch.counters.any():
+            res = []
+            for cfg in cfgs:
+                y = call(x, dict(qk=qk, qz=qz, sc=sc), cfg)
+                err, good = ok(y, ref)
+                if not good:
                     print(f"  FAIL {name} {kind} M={m} {cfg}: rel err {err:.2e}", flush=True)
                     continue
-                us = median_us(lambda: fn(x, qw_, qz, sc, None, GROUP, scratch.workspace, scratch.counters, **cfg))
-                results.append((us, cfg, err))
-            results.sort(key=lambda r: r[0])
-            best[kind] = results[0][1]
-            print(f"{name} {kind} M={m}: best {results[0][0]:.1f} us {results[0][1]} (worst {results[-1][0]:.1f})",
-                  flush=True)
-        tuned[name] = dict(best)
+                res.append((graph_us([lambda c=c: call(x, c, cfg) for c in copies]), cfg, err))
+            res.sort(key=lambda r: r[0])
+            best[(kind, m)] = res[0][1]
+            print(f"{name} {kind} M={m}: best {res[0][0]:.1f} us {res[0][1]} (worst {res[-1][0]:.1f}, "
+                  f"{len(res)} configs)", flush=True)
+            return res[0][0]
 
-        if not a.decode_only:
-            # --- prefill: fused GEMM configs vs dequantize + cuBLAS at a large M
-            x = torch.randn(2048, k, device=dev, dtype=torch.float16)
-            ref = x.double() @ w64
-            gres = []
-            for cfg in GEMM_CONFIGS:
-                try:
-                    y = tw.gemm(x, qw, qz, sc, None, GROUP, out=torch.full((2048, n), float("nan"), device=dev,
-                                                                             dtype=torch.float16), **cfg)
-                except Exception as e:  # e.g. out of shared memory for a tile
-                    print(f"  skip gemm {cfg}: {type(e).__name__}", flush=True)
-                    continue
-                err = rel_err(y, ref)
-                if err > 5e-3:
-                    print(f"  FAIL gemm {name} {cfg}: {err:.2e}", flush=True)
-                    continue
-                gres.append((median_us(lambda: tw.gemm(x, qw, qz, sc, None, GROUP, **cfg)), cfg))
-            gres.sort(key=lambda r: r[0])
-            tuned[name]["gemm"] = gres[0][1]
-            del ref
+        probe = {}
+        if 1 in ms:
+            tune("row", 1, row_cfgs, row_call)
+            for cfg in row_cfgs[:: 3]:
+                probe[str(cfg)] = graph_us([lambda c=c: read_probe(c["qk"], probe_out, **cfg) for c in copies])
+            pbest = min(probe, key=probe.get)
+            print(f"{name} read probe: best {probe[pbest]:.1f} us ({pbest}) = "
+                  f"{wbytes / probe[pbest] / 1e3 / copy_gbs * 100:.0f}% of copy BW", flush=True)
+        if any(m <= 16 for m in ms):
+            for m in sorted({m for m in ms if m <= 16} & {1, 16}):
+                tune("dot", m, dot_cfgs, dot_call)
+        tuned[name] = {f"{kd}@{m}": cfg for (kd, m), cfg in best.items()}
 
         for m in ms:
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
             xb = x.bfloat16()
             ref = x.double() @ w64
-            fp16_us = median_us(lambda: F.linear(x, w16))
-            i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
             cands, errs = {}, {}
-            for kind, (fn, layout, _, _) in decode.items():
-                if m > 16 or (kind == "fma" and m > 4) or (kind.startswith("k-fma") and m > 1):
-                    continue
-                cfg = best[kind]
-                qw_ = qk if layout == "kmajor" else qw
-                y = fn(x, qw_, qz, sc, None, GROUP, scratch.workspace, scratch.counters, **cfg)
-                errs[kind] = rel_err(y, ref)
-                cands[kind] = median_us(lambda: fn(x, qw_, qz, sc, None, GROUP, scratch.workspace,
-                                                   scratch.counters, **cfg))
-            if m >= 16 and "gemm" in tuned[name]:
-                cfg = tuned[name]["gemm"]
-                errs["gemm"] = rel_err(tw.gemm(x, qw, qz, sc, None, GROUP, **cfg), ref)
-                errs["dequant+mm"] = rel_err(x @ tw.dequantize(qw, qz, sc, GROUP, torch.float16), ref)
-                cands["gemm"] = median_us(lambda: tw.gemm(x, qw, qz, sc, None, GROUP, **cfg))
-                cands["dequant+mm"] = median_us(lambda: x @ tw.dequantize(qw, qz, sc, GROUP, torch.float16))
-            if m <= 16:  # decode rows: time as the runtime will run them, CUDA-graph replays
-                graph = {"fp16": graph_us([lambda w=w: F.linear(x, w) for w in w16_copies]),
-                         "int4mm": graph_us([lambda c=c: int4pack_linear(xb, *c["i4"], GROUP, None) for c in copies])}
-                for kind in [kd for kd in cands if kd in decode]:  # (at 16 rows gemm and dequant+mm never won)
-                    fn, layout = decode[kind][0], decode[kind][1]
-                    graph[kind] = graph_us([lambda c=c, fn=fn, layout=layout, cfg=best[kind]: fn(
-                        x, c["qk" if layout == "kmajor" else "qw"], c["qz"], c["sc"], None, GROUP, scratch.workspace,
-                        scratch.counters, **cfg) for c in copies])
-                fp16_us, i4_us = graph.pop("fp16"), graph.pop("int4mm")
-                cands = graph
+            if m <= 16:
+                fp16_us = graph_us([lambda w=w: F.linear(x, w) for w in w16_copies])
+                i4_us = graph_us([lambda c=c: int4pack_linear(xb, *c["i4"], GROUP, None) for c in copies])
+                base = dict(qk=qk, qz=qz, sc=sc)
+                if m == 1:
+                    cfg = best[("row", 1)]
+                    errs["row"] = ok(row_call(x, base, cfg), ref)[0]
+                    cands["row"] = graph_us([lambda c=c: row_call(x, c, cfg) for c in copies])
+                cfg = best[("dot", 1 if m == 1 else 16)]
+                errs["dot"] = ok(dot_call(x, base, cfg), ref)[0]
+                cands["dot"] = graph_us([lambda c=c: dot_call(x, c, cfg) for c in copies])
+            else:
+                fp16_us = median_us(lambda: F.linear(x, w16))
+                i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
+                for nc in CHUNKS:
+                    label = "dequant+mm" if nc is None else f"dequant+mm/{nc}"
+                    errs[label] = rel_err(prefill(x, qk, qz, sc, scratch16, nc), ref)
+                    cands[label] = median_us(lambda: prefill(x, qk, qz, sc, scratch16, nc))
             path = min(cands, key=cands.get)
             us = cands[path]
             io = (m * k + m * n) * 2
@@ -261,22 +258,20 @@ def main() -> None:
                    "vs_int4mm": i4_us / us, "vs_fp16": fp16_us / us, "ours_TFLOPs": 2 * m * k * n / us / 1e6,
                    "fp16_TFLOPs": 2 * m * k * n / fp16_us / 1e6, "rel_err": errs,
                    "int4mm_rel_err": rel_err(int4pack_linear(xb, i4[0], i4[1], GROUP, None), ref)}
+            if m == 1 and probe:
+                row["read_probe_us"] = min(probe.values())
             assert max(errs.values()) < 5e-3, (name, m, errs)
             rows.append(row)
             print(f"  M={m:5d} fp16 {fp16_us:8.1f}  int4mm {i4_us:8.1f}  ours {us:8.1f} ({path})  "
                   f"{row['pct_copy']:5.1f}% copy BW  x{row['vs_int4mm']:.2f} int4mm  x{row['vs_fp16']:.2f} fp16  "
-                  f"err {max(errs.values()):.1e}",
+                  f"err {max(errs.values()):.1e}  " + " ".join(f"{kd}={v:.1f}" for kd, v in cands.items()),
                   flush=True)
         w16 = w64 = i4 = qk = scratch = copies = w16_copies = None
         torch.cuda.empty_cache()
 
-    spills = [ln for fn in (tw._splitk_gemv_kernel, tw._kmajor_gemv_kernel, tw._gemm_kernel)
-              for ln in compiled_stats(fn) if "spills 0" not in ln]
-    for line in spills:
-        print(line)
-    a.out.write_text(json.dumps({"info": info, "tuned": tuned, "rows": rows, "compiled": spills}, indent=1))
+    a.out.write_text(json.dumps({"info": info, "tuned": tuned, "rows": rows}, indent=1))
     print()
-    print(f"{info['device']}, torch {info['torch']}, triton {info['triton']}, commit {commit}, "
+    print(f"{info['device']}, torch {info['torch']}, triton {info['triton']}, commit {info['commit']}, "
           f"copy {copy_gbs:.0f} GB/s, g{GROUP}, fp16 activations")
     print("| shape | M | fp16 µs | int4mm µs | ours µs | path | % copy BW | × int4mm | × fp16 | TFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

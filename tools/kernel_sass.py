@@ -1,0 +1,99 @@
+"""Compile a W4A16 Triton kernel for a GPU architecture without a GPU and count its SASS.
+
+    python tools/kernel_sass.py row --arch 90 --block-n 32 --chunk-k 512 --warps 2
+    python tools/kernel_sass.py dot --arch 87 --block-n 64 --warps 4
+
+Uses Triton's bundled ptxas and nvdisasm, so it runs on the CPU machine: registers, spills,
+shared memory, and an instruction histogram (opcode without modifiers) per weight handled by one
+program. The instruction counts are what the roofline arithmetic needs (how many issue slots per
+weight) and cost no device time; timings still come from tools/bench_kernels.py on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from edge_awq.kernels import triton_w4a16 as tw
+
+SHIFTS = {f"S{j}": tw._SHIFTS[j] for j in range(8)}
+PTRS = ("x_ptr", "qk_ptr", "qz_ptr", "s_ptr", "b_ptr", "y_ptr", "ws_ptr", "cnt_ptr")
+
+
+def _source(fn, sig: dict, const: dict, aligned: tuple[str, ...]) -> ASTSource:
+    """As the JIT specialises a launch: pointers 16-byte aligned, integers that are multiples of 16
+    (true of every Llama shape) marked so."""
+    names = list(sig) + list(const)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    return ASTSource(fn, {**sig, **{k: "constexpr" for k in const}}, const, attrs)
+
+
+def build(kind: str, a) -> tuple[ASTSource, int]:
+    """(source, weights one program handles)."""
+    types = {"x_ptr": "*fp16", "qk_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
+             "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+    if kind == "row":
+        sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32", "m16": "i32"}
+        const = dict(GROUP=a.group, BLOCK_N=a.block_n, CHUNK_K=a.chunk_k, SPLIT=True, HAS_BIAS=False, **SHIFTS)
+        return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.chunk_k
+    if kind == "dot":
+        sig = {**types, "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32", "stride_ym": "i32",
+               "groups_per_split": "i32", "split_k": "i32", "magic": "i32"}
+        const = dict(GROUP=a.group, BLOCK_M=16, BLOCK_N=a.block_n, SPLIT=True, HAS_BIAS=False, ASM=True, **SHIFTS)
+        return (_source(tw._gemv_dot_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8", "stride_xm", "stride_ym")),
+                a.block_n * a.group)
+    raise SystemExit(f"unknown kernel kind {kind!r}")
+
+
+def registers(cubin: bytes) -> str:
+    """Registers and spill stores of a cubin, from the bundled cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
+    return f"{m.group(1)} registers, stack {m.group(2)} B" if m else "registers ?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["row", "dot"])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--block-n", type=int, default=32)
+    ap.add_argument("--chunk-k", type=int, default=512)
+    ap.add_argument("--warps", type=int, default=2)
+    ap.add_argument("--stages", type=int, default=1)
+    ap.add_argument("--dump", action="store_true", help="print the SASS")
+    a = ap.parse_args()
+    src, weights = build(a.kind, a)
+    k = compile(src, target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.warps, "num_stages": a.stages})
+    sass = k.asm["sass"]
+    if a.dump:
+        print(sass)
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*(?:/\*[0-9a-f]+\*/)?\s*(?:[-0-9a-fY:]+\t)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\s;]", line)
+        if m:
+            ops[m.group(1)] += 1
+    threads = 32 * a.warps
+    total = sum(ops.values())
+    meta = k.metadata
+    print(f"{a.kind} sm_{a.arch} block_n={a.block_n} chunk_k={a.chunk_k} warps={a.warps}: {registers(k.asm['cubin'])}, "
+          f"shared {meta.shared} B, {total} SASS instructions (static), weights/program {weights}, "
+          f"instructions per weight per thread-slot {total * threads / weights:.2f}")
+    for op, c in ops.most_common(25):
+        print(f"  {op:10s} {c:5d}  {c * threads / weights:.3f}/weight")
+
+
+if __name__ == "__main__":
+    main()
