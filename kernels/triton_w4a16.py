@@ -47,49 +47,58 @@ def _shift_pattern(BLOCK_N: tl.constexpr, S0: tl.constexpr, S1: tl.constexpr, S2
 
 
 @triton.jit
-def _pair16(words, P: tl.constexpr, magic, base, DT: tl.constexpr, ASM: tl.constexpr):
-    """q − z of k = 8j + 2P and 8j + 2P + 1 (nibbles P and P + 4, bits 4P and 4P + 16 of a
-    K-major word) as two 16-bit floats, exactly, with no int→float conversion (a quarter-rate
-    instruction): one shift and one LOP3 put both nibbles under the bit pattern of 1024 (fp16) or
-    128 (bf16) in each half (``magic`` holds it twice); then, as a half2, minus ``base`` (that
-    power of two plus the row's zero point, (R, 1) int32 holding it twice) in one HFMA2.
-    The inline PTX is elementwise on int32 (pack 1), so it is right whatever register layout Triton
-    picks; the interpreter, which runs no PTX, takes the same arithmetic in Triton."""
+def _pair16(words, P: tl.constexpr, magic, base, scale, DT: tl.constexpr, ASM: tl.constexpr):
+    """(q − z)·s of k = 8j + 2P and 8j + 2P + 1 (nibbles P and P + 4, bits 4P and 4P + 16 of a
+    K-major word) as two 16-bit floats, with no int→float conversion (a quarter-rate instruction):
+    one shift and one LOP3 put both nibbles under the bit pattern of 1024 (fp16) or 128 (bf16) in
+    each half (``magic`` holds it twice); then, as a half2, ``base`` (minus that power of two and
+    the zero point) is added — exact — and the product with ``scale`` rounded once, as the torch
+    reference rounds (q − z)·s. ``base`` and ``scale`` are (R, 1) int32 holding a row's 16-bit
+    value twice. The inline PTX is elementwise on int32 (pack 1), so it is right whatever register
+    layout Triton picks; the interpreter, which runs no PTX, takes the same arithmetic in Triton."""
     if ASM:
         if DT == tl.float16:
             v = tl.inline_asm_elementwise(
-                "{.reg .b32 t, o; shr.u32 t, $1, $4; lop3.b32 t, t, 0x000F000F, $3, 0xEA; "
-                "mov.b32 o, 0x3C003C00; fma.rn.f16x2 $0, t, o, $2;}",
-                "=r,r,r,r,r", [words, base, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
+                "{.reg .b32 t, o; shr.u32 t, $1, $5; lop3.b32 t, t, 0x000F000F, $4, 0xEA; "
+                "add.f16x2 t, t, $2; mul.f16x2 $0, t, $3;}",
+                "=r,r,r,r,r,r", [words, base, scale, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
                 is_pure=True, pack=1)
-        else:
+        else:  # bf16 add and mul need sm_90; fma (sm_80, Jetson Orin's sm_87) does both
             v = tl.inline_asm_elementwise(
-                "{.reg .b32 t, o; shr.u32 t, $1, $4; lop3.b32 t, t, 0x000F000F, $3, 0xEA; "
-                "mov.b32 o, 0x3F803F80; fma.rn.bf16x2 $0, t, o, $2;}",
-                "=r,r,r,r,r", [words, base, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
+                "{.reg .b32 t, o, n; shr.u32 t, $1, $5; lop3.b32 t, t, 0x000F000F, $4, 0xEA; "
+                "mov.b32 o, 0x3F803F80; mov.b32 n, 0x80008000; fma.rn.bf16x2 t, t, o, $2; "
+                "fma.rn.bf16x2 $0, t, $3, n;}",
+                "=r,r,r,r,r,r", [words, base, scale, magic, tl.full(words.shape, 4 * P, tl.int32)], dtype=tl.int32,
                 is_pure=True, pack=1)
         lo = v.to(tl.int16).to(DT, bitcast=True)
         hi = (v >> 16).to(tl.int16).to(DT, bitcast=True)
     else:
         v = ((words >> (4 * P)) & 0x000F000F) | magic
-        nb = base.to(tl.int16).to(DT, bitcast=True)  # −(power of two + z)
-        lo = v.to(tl.int16).to(DT, bitcast=True) + nb
-        hi = (v >> 16).to(tl.int16).to(DT, bitcast=True) + nb
+        nb = base.to(tl.int16).to(DT, bitcast=True)
+        sc = scale.to(tl.int16).to(DT, bitcast=True)
+        lo = (v.to(tl.int16).to(DT, bitcast=True) + nb) * sc
+        hi = ((v >> 16).to(tl.int16).to(DT, bitcast=True) + nb) * sc
     return lo, hi
 
 
 @triton.jit
-def _codes16(words, magic, zeros, DT: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
-    """(R, BK/8) K-major words and (R,) fp32 zero points → (R, BK) q − z in ``DT`` (fp16 or
-    bf16), k in natural order. ``tl.join`` adds a minor axis: k = 8j + 4a + 2b + c is pair 2a + b,
-    half c."""
-    nb = -((magic & 0xFFFF).to(tl.int16).to(DT, bitcast=True).to(tl.float32) + zeros)
-    nb16 = nb.to(DT).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    base = (nb16 | (nb16 << 16))[:, None]
-    lo0, hi0 = _pair16(words, 0, magic, base, DT, ASM)
-    lo1, hi1 = _pair16(words, 1, magic, base, DT, ASM)
-    lo2, hi2 = _pair16(words, 2, magic, base, DT, ASM)
-    lo3, hi3 = _pair16(words, 3, magic, base, DT, ASM)
+def _pairs(v, DT: tl.constexpr):
+    """(R,) values → (R, 1) int32 holding each value's ``DT`` bit pattern in both halves."""
+    h = v.to(DT).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return (h | (h << 16))[:, None]
+
+
+@triton.jit
+def _codes16(words, magic, zeros, scales, DT: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """(R, BK/8) K-major words, (R,) fp32 zero points and scales → (R, BK) (q − z)·s in ``DT`` (fp16
+    or bf16), k in natural order: the torch reference's values. ``tl.join`` adds a minor axis:
+    k = 8j + 4a + 2b + c is pair 2a + b, half c."""
+    base = _pairs(-((magic & 0xFFFF).to(tl.int16).to(DT, bitcast=True).to(tl.float32) + zeros), DT)
+    scale = _pairs(scales, DT)
+    lo0, hi0 = _pair16(words, 0, magic, base, scale, DT, ASM)
+    lo1, hi1 = _pair16(words, 1, magic, base, scale, DT, ASM)
+    lo2, hi2 = _pair16(words, 2, magic, base, scale, DT, ASM)
+    lo3, hi3 = _pair16(words, 3, magic, base, scale, DT, ASM)
     codes = tl.join(tl.join(tl.join(lo0, lo2), tl.join(lo1, lo3)), tl.join(tl.join(hi0, hi2), tl.join(hi1, hi3)))
     return tl.reshape(codes, (words.shape[0], BLOCK_K))
 
@@ -106,60 +115,56 @@ def _offset_code(src, POS: tl.constexpr, magic):
 
 
 @triton.jit
-def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
-                     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr,
+def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, groups_per_split,
+                     split_k, m12, m16, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
                      SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
-    tile in one pass, with no loop: every load of the tile is issued before the first is used, so
-    a program keeps BLOCK_N·CHUNK_K/2 bytes in flight and a few resident programs per SM cover the
-    DRAM latency. Per 8 weights (one word): 4 shifts, 8 LOP3 (``_offset_code``) and 8 FFMA."""
+    """One row (decode at batch 1) on the K-major layout: FMAs, one group of K per step, the word
+    loads software-pipelined STAGES deep (cp.async), so each program keeps several tiles in flight
+    while it computes. Per 8 weights (one word): 4 shifts, 8 LOP3 (``_offset_code``) and 8 FFMA."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    WORDS: tl.constexpr = CHUNK_K // 8
-    GROUPS: tl.constexpr = CHUNK_K // GROUP
+    WG: tl.constexpr = GROUP // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_j = pid_k * WORDS + tl.arange(0, WORDS)
-    mask_j = offs_j < k8
-    w = tl.load(qk_ptr + offs_n[:, None] * k8 + offs_j[None, :], mask=mask_n[:, None] & mask_j[None, :], other=0,
-                eviction_policy="evict_first")
-    xp = x_ptr + offs_j * 8
-    x0 = tl.load(xp + 0, mask=mask_j, other=0.0).to(tl.float32)
-    x1 = tl.load(xp + 1, mask=mask_j, other=0.0).to(tl.float32)
-    x2 = tl.load(xp + 2, mask=mask_j, other=0.0).to(tl.float32)
-    x3 = tl.load(xp + 3, mask=mask_j, other=0.0).to(tl.float32)
-    x4 = tl.load(xp + 4, mask=mask_j, other=0.0).to(tl.float32)
-    x5 = tl.load(xp + 5, mask=mask_j, other=0.0).to(tl.float32)
-    x6 = tl.load(xp + 6, mask=mask_j, other=0.0).to(tl.float32)
-    x7 = tl.load(xp + 7, mask=mask_j, other=0.0).to(tl.float32)
-    # nibble i (bits 4i) holds k = 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]; bring each to bit 12 or 16
-    lo16 = w << 16
-    lo8 = w << 8
-    hi8 = w >> 8
-    hi12 = w >> 12
-    acc = _offset_code(lo16, 16, m16) * x0[None, :]  # nibble 0
-    acc += _offset_code(lo8, 12, m12) * x2[None, :]  # 1
-    acc += _offset_code(lo8, 16, m16) * x4[None, :]  # 2
-    acc += _offset_code(w, 12, m12) * x6[None, :]  # 3
-    acc += _offset_code(w, 16, m16) * x1[None, :]  # 4
-    acc += _offset_code(hi8, 12, m12) * x3[None, :]  # 5
-    acc += _offset_code(hi12, 12, m12) * x5[None, :]  # 6
-    acc += _offset_code(hi12, 16, m16) * x7[None, :]  # 7
-    # per group: Σ x (q − z) s = s (Σ x (q + off) − Σ x off − z Σ x), off = 2^(23−POS) per nibble
-    xsum = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
-    xoff = 128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6)
-    part = tl.sum(tl.reshape(acc, (BLOCK_N, GROUPS, GROUP // 8)), axis=2)  # (BN, GROUPS)
-    xsum_g = tl.sum(tl.reshape(xsum, (GROUPS, GROUP // 8)), axis=1)
-    xoff_g = tl.sum(tl.reshape(xoff, (GROUPS, GROUP // 8)), axis=1)
-    g = pid_k * GROUPS + tl.arange(0, GROUPS)
-    mask = mask_n[:, None] & (g < K // GROUP)[None, :]
+    offs_w = tl.arange(0, WG)
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
-    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask, other=0)
-    z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)
-    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask, other=0.0).to(tl.float32)
-    y = tl.sum(s * (part - xoff_g[None, :] - z * xsum_g[None, :]), axis=1)  # (BN,)
+    y = tl.zeros((BLOCK_N,), tl.float32)
+    g0 = pid_k * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
+    for g in tl.range(g0, g1, num_stages=STAGES):
+        w = tl.load(qk_ptr + offs_n[:, None] * k8 + (g * WG + offs_w)[None, :], mask=mask_n[:, None], other=0,
+                    eviction_policy="evict_first")
+        xp = x_ptr + g * GROUP + offs_w * 8
+        x0 = tl.load(xp + 0).to(tl.float32)
+        x1 = tl.load(xp + 1).to(tl.float32)
+        x2 = tl.load(xp + 2).to(tl.float32)
+        x3 = tl.load(xp + 3).to(tl.float32)
+        x4 = tl.load(xp + 4).to(tl.float32)
+        x5 = tl.load(xp + 5).to(tl.float32)
+        x6 = tl.load(xp + 6).to(tl.float32)
+        x7 = tl.load(xp + 7).to(tl.float32)
+        # nibble i (bits 4i) holds k = 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]; bring each to bit 12 or 16
+        lo16 = w << 16
+        lo8 = w << 8
+        hi8 = w >> 8
+        hi12 = w >> 12
+        acc = _offset_code(lo16, 16, m16) * x0[None, :]  # nibble 0
+        acc += _offset_code(lo8, 12, m12) * x2[None, :]  # 1
+        acc += _offset_code(lo8, 16, m16) * x4[None, :]  # 2
+        acc += _offset_code(w, 12, m12) * x6[None, :]  # 3
+        acc += _offset_code(w, 16, m16) * x1[None, :]  # 4
+        acc += _offset_code(hi8, 12, m12) * x3[None, :]  # 5
+        acc += _offset_code(hi12, 12, m12) * x5[None, :]  # 6
+        acc += _offset_code(hi12, 16, m16) * x7[None, :]  # 7
+        # Σ x (q − z) s = s (Σ x (q + off) − Σ x off − z Σ x), off = 2^(23−POS) per nibble
+        xsum = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=0)
+        xoff = tl.sum(128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6), axis=0)
+        zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
+        z = ((zw >> zshift) & 0xF).to(tl.float32)
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        y += s * (tl.sum(acc, axis=1) - xoff - z * xsum)
     if SPLIT:
         one = tl.arange(0, 1)
         tl.atomic_add(ws_ptr + offs_n, y, mask=mask_n)
@@ -178,8 +183,8 @@ def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """Up to 16 rows on the K-major layout with tensor cores: yᵀ = W xᵀ, one group of K per step,
-    the weight tile as the A operand in exact 16-bit q − z (``_codes16``); the scale is applied per
-    group to the (BN, BM) partial product."""
+    the dequantized weight tile (``_codes16``) as the A operand, accumulated by the matrix unit
+    itself, so that its products run asynchronously across steps."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -199,9 +204,8 @@ def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
                      other=0.0)  # (G, BM): xᵀ
         zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
         z = ((zw >> zshift) & 0xF).to(tl.float32)
-        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        part = tl.dot(_codes16(words, magic, z, xt.dtype, GROUP, ASM), xt, out_dtype=tl.float32)  # (BN, BM)
-        acc += part * s[:, None]
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
+        acc = tl.dot(_codes16(words, magic, z, s, xt.dtype, GROUP, ASM), xt, acc)  # (BN, BM)
     if SPLIT:
         tl.atomic_add(ws_ptr + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask_n[:, None] & mask_m[None, :])
         _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m, N, stride_ym,
@@ -255,9 +259,9 @@ def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K, k8, stride_g, mag
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)
     zw = tl.load(qz_ptr + g * (stride_g // 8) + offs_n // 8, mask=mask_n, other=0)
     z = ((zw >> zshift) & 0xF).to(tl.float32)
-    s = tl.load(s_ptr + g * stride_g + offs_n, mask=mask_n, other=0.0).to(dt)
-    codes = _codes16(words, magic, z, dt, BLOCK_K, ASM)  # (BN, BK): q − z
-    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], codes * s[:, None], mask=mask_n[:, None])
+    s = tl.load(s_ptr + g * stride_g + offs_n, mask=mask_n, other=0.0)
+    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], _codes16(words, magic, z, s, dt, BLOCK_K, ASM),
+             mask=mask_n[:, None])
 
 
 # ---------------------------------------------------------------- launchers
@@ -277,21 +281,21 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
 
 def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
-             block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, out: torch.Tensor | None = None
-             ) -> torch.Tensor:
-    """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
-    meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
-    ``chunk_k`` is rounded up to a multiple of the group."""
+             block_n: int = 64, split_k: int | None = None, num_warps: int = 2, num_stages: int = 4,
+             target_programs: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (1, K) → (1, N) from the K-major layout with FMAs; K-splits meet in ``workspace`` (fp32 ≥ N)
+    and ``counters`` (int32 ≥ N/block_n), both zero and left at zero; ``split_k`` None: enough
+    K-splits for ``target_programs`` programs."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
-    chunk_k = -(-chunk_k // group_size) * group_size
-    tiles, split_k = triton.cdiv(n, block_n), triton.cdiv(k, chunk_k)
+    tiles, split_k, per_split = _split_grid(n, k, block_n, group_size, split_k, target_programs)
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     _gemv_row_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
-        split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, SPLIT=split_k > 1,
-        HAS_BIAS=bias is not None, **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1)
+        per_split, split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, STAGES=num_stages,
+        SPLIT=split_k > 1, HAS_BIAS=bias is not None, **{f"S{j}": _SHIFTS[j] for j in range(8)},
+        num_warps=num_warps, num_stages=num_stages)
     return y
 
 

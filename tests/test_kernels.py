@@ -72,11 +72,11 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     qk = to_kmajor(lin.qweight)
     if m <= 16:
         scratch = Scratch(DEVICE, n, 16)
-        if m == 1:  # FMAs: whole K in one program, or chunks of one or two groups (K-splits)
-            for block_n, chunk in ((16, 4096), (32, group), (64, 2 * group)):
+        if m == 1:  # FMAs: whole K per program, three K-splits, as many as the grid wants
+            for block_n, split in ((16, 1), (32, 3), (64, None)):
                 y = tw.gemv_row(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
-                                block_n=block_n, chunk_k=chunk, out=_poison(m, n, dtype))
-                assert _rel(y, ref) < TOL[dtype], f"row, block_n {block_n}, chunk {chunk}"
+                                block_n=block_n, split_k=split, target_programs=64, out=_poison(m, n, dtype))
+                assert _rel(y, ref) < TOL[dtype], f"row, block_n {block_n}, split {split}"
                 # the workspace and counters are left at zero for the next call
                 assert not scratch.workspace.any() and not scratch.counters.any()
         # tensor cores: whole K per program, three K-splits, as many as the grid wants
@@ -117,7 +117,7 @@ def test_reused_scratch_across_shapes_and_calls():
                         block_n=32, split_k=2)
         assert _rel(y, _ref(x, lin)) < TOL[torch.float16]
         y = tw.gemv_row(x[:1], qk, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
-                        block_n=32, chunk_k=group)
+                        block_n=32, split_k=2)
         assert _rel(y, _ref(x[:1], lin)) < TOL[torch.float16]
 
 

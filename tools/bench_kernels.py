@@ -50,10 +50,12 @@ SHAPES = {  # name: (K, N)
 }
 MS = (1, 2, 4, 8, 16, 32, 128, 512, 2048)
 GROUP = 128
-ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
-            for w in (1, 2, 4)]
+ROW_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
+            for bn in (32, 64, 128) for w in (1, 2) for st in (3, 5) for pps in (4, 8)]
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
-            for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (2, 4) for pps in (2, 4, 8)]
+            for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
+PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
+              for w in (1, 2)]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
@@ -186,7 +188,10 @@ def main() -> None:
             return err, err < 5e-3 and clean
 
         def row_call(x, c, cfg):
-            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters, **cfg)
+            cfg = dict(cfg)
+            pps = cfg.pop("programs_per_sm")
+            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
+                               target_programs=pps * sms, **cfg)
 
         def dot_call(x, c, cfg):
             cfg = dict(cfg)
@@ -216,7 +221,7 @@ def main() -> None:
         probe = {}
         if 1 in ms:
             tune("row", 1, row_cfgs, row_call)
-            for cfg in row_cfgs[:: 3]:
+            for cfg in PROBE_CFGS[:: 2]:
                 probe[str(cfg)] = graph_us([lambda c=c: read_probe(c["qk"], probe_out, **cfg) for c in copies])
             pbest = min(probe, key=probe.get)
             print(f"{name} read probe: best {probe[pbest]:.1f} us ({pbest}) = "

@@ -8,6 +8,6 @@ export PYTHONPATH=/tmp/site
 REPO=$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -4
+pytest -q -p no:cacheprovider tests/test_kernels.py > $OUT/pytest.log 2>&1; tail -4 $OUT/pytest.log
 # from outside the checkout: the source folder edge_awq/ lacks the kernels/ mapping
 cd /tmp && python3 $REPO/tools/bench_kernels.py --out $OUT/kernels.json "$@" 2>&1 | tee $OUT/bench.log

@@ -41,9 +41,10 @@ def build(kind: str, a) -> tuple[ASTSource, int]:
     types = {"x_ptr": "*fp16", "qk_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
              "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     if kind == "row":
-        sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32", "m16": "i32"}
-        const = dict(GROUP=a.group, BLOCK_N=a.block_n, CHUNK_K=a.chunk_k, SPLIT=True, HAS_BIAS=False, **SHIFTS)
-        return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.chunk_k
+        sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "groups_per_split": "i32", "split_k": "i32",
+               "m12": "i32", "m16": "i32"}
+        const = dict(GROUP=a.group, BLOCK_N=a.block_n, STAGES=a.stages, SPLIT=True, HAS_BIAS=False, **SHIFTS)
+        return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.group
     if kind == "dot":
         sig = {**types, "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32", "stride_ym": "i32",
                "groups_per_split": "i32", "split_k": "i32", "magic": "i32"}
@@ -62,6 +63,18 @@ def registers(cubin: bytes) -> str:
         out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+).*?STACK:(\d+)", out)
     return f"{m.group(1)} registers, stack {m.group(2)} B" if m else "registers ?"
+
+
+def loop_body(sass: str) -> list[str]:
+    """Instructions of the largest backward-branching loop (label … BRA label)."""
+    lines = [ln for ln in sass.splitlines() if ln.strip()]
+    labels = {ln.strip().rstrip(":"): i for i, ln in enumerate(lines) if re.match(r"^\.?L\w+:$", ln.strip())}
+    best: list[str] = []
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA\s+`?\(?\.?(L\w+)", ln)
+        if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > len(best):
+            best = [x for x in lines[labels[m.group(1)] + 1: i + 1] if not x.strip().endswith(":")]
+    return best
 
 
 def main() -> None:
@@ -87,6 +100,10 @@ def main() -> None:
             ops[m.group(1)] += 1
     threads = 32 * a.warps
     total = sum(ops.values())
+    loop = loop_body(sass)
+    if loop:  # the K loop: one group of K per iteration
+        print(f"K loop: {len(loop)} instructions per iteration, {len(loop) * threads / (a.block_n * a.group):.2f} "
+              "per weight")
     meta = k.metadata
     print(f"{a.kind} sm_{a.arch} block_n={a.block_n} chunk_k={a.chunk_k} warps={a.warps}: {registers(k.asm['cubin'])}, "
           f"shared {meta.shared} B, {total} SASS instructions (static), weights/program {weights}, "
