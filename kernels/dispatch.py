@@ -47,10 +47,11 @@ class KernelSettings:
 
     backend: str = "auto"
     decode_max_m: int = 16
-    row_kernel: str = "row"  # one row: "row" (gemv_row, FMAs) or "dot" (gemv_dot, tensor cores)
-    row_block_n: int = 32
-    row_chunk_k: int = 512
-    row_warps: int = 2
+    row_kernel: str = "row"  # one row: "row" (gemv_row) or "dot" (gemv_dot, tensor cores)
+    row_block_n: int = 64
+    row_chunk_k: int = 256
+    row_warps: int = 1
+    row_h2: bool = True  # gemv_row's half2 products (fp16 on the GPU); False: fp32 FMAs
     dot_block_n: int = 64
     dot_warps: int = 4
     dot_stages: int = 4
@@ -167,7 +168,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
         if m == 1 and s.row_kernel == "row":
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
-                            block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps)
+                            block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
             y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,

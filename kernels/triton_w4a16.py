@@ -115,56 +115,115 @@ def _offset_code(src, POS: tl.constexpr, magic):
 
 
 @triton.jit
-def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, groups_per_split,
-                     split_k, m12, m16, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
-                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _dot8_h2(words, nb1, nb2, x01, x23, x45, x67, ASM: tl.constexpr):
+    """Σ of one word's 8 products (q − z)·x as fp32, the products in half2: two LOP3s per pair put
+    the codes of k, k+1 under 1024 (low nibbles) or 1024 + 16q (high nibbles, scaled back by 1/16),
+    ``nb1``/``nb2`` (−(1024 + z), −(64 + z) twice) make them q − z exactly, four HFMA2 multiply by
+    the x pairs and sum, two conversions and an add finish in fp32: 16 instructions for 8 weights.
+    x must be scaled so that 4 products cannot overflow fp16 (``_gemv_row_kernel``)."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{.reg .b32 m, a, t, p0, p1, p2, p3; .reg .b16 lo, hi; .reg .f32 flo, fhi;"
+            "mov.b32 m, 0x64006400; mov.b32 a, 0x2C002C00;"
+            "lop3.b32 p0, $1, 0x000F000F, m, 0xEA; lop3.b32 p1, $1, 0x00F000F0, m, 0xEA;"
+            "shr.u32 t, $1, 8;"
+            "lop3.b32 p2, t, 0x000F000F, m, 0xEA; lop3.b32 p3, t, 0x00F000F0, m, 0xEA;"
+            "add.f16x2 p0, p0, $2; fma.rn.f16x2 p1, p1, a, $3;"
+            "add.f16x2 p2, p2, $2; fma.rn.f16x2 p3, p3, a, $3;"
+            "mul.f16x2 t, p0, $4; fma.rn.f16x2 t, p1, $5, t; fma.rn.f16x2 t, p2, $6, t; fma.rn.f16x2 t, p3, $7, t;"
+            "mov.b32 {lo, hi}, t; cvt.f32.f16 flo, lo; cvt.f32.f16 fhi, hi; add.f32 $0, flo, fhi;}",
+            "=f,r,r,r,r,r,r,r", [words, nb1, nb2, x01, x23, x45, x67], dtype=tl.float32, is_pure=True, pack=1)
+    # the interpreter: the same function in fp32 (AWQ nibble order: pair p is nibbles p and p + 4)
+    z = -(nb1 & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) - 1024.0
+    acc = tl.zeros(words.shape, tl.float32)
+    for p in tl.static_range(4):
+        xp = x01 if p == 0 else (x23 if p == 1 else (x45 if p == 2 else x67))
+        xlo = (xp & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        xhi = ((xp >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        acc += (((words >> (4 * p)) & 0xF).to(tl.float32) - z) * xlo
+        acc += (((words >> (4 * p + 16)) & 0xF).to(tl.float32) - z) * xhi
+    return acc
+
+
+@triton.jit
+def _half_pairs(lo, hi):
+    """Two fp32 tensors → int32 holding them as a half2 (lo in the low 16 bits)."""
+    a = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    b = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return a | (b << 16)
+
+
+@triton.jit
+def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
+                     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr, H2: tl.constexpr,
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
-    """One row (decode at batch 1) on the K-major layout: FMAs, one group of K per step, the word
-    loads software-pipelined STAGES deep (cp.async), so each program keeps several tiles in flight
-    while it computes. Per 8 weights (one word): 4 shifts, 8 LOP3 (``_offset_code``) and 8 FFMA."""
+    """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
+    tile in one pass, with no loop: every load of the tile is issued before the first is used, so
+    a program keeps BLOCK_N·CHUNK_K/2 bytes in flight and a few resident programs per SM cover the
+    DRAM latency. H2 False: fp32 FMAs on ``_offset_code`` floats (4 shifts, 8 LOP3, 8 FFMA per word).
+    H2 True: half2 products (``_dot8_h2``, 16 instructions per word), x scaled by a power of two
+    per program so that its largest value is 2^10 (exact, and no product or partial sum overflows)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     WG: tl.constexpr = GROUP // 8
+    GROUPS: tl.constexpr = CHUNK_K // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    offs_w = tl.arange(0, WG)
+    g = pid_k * GROUPS + tl.arange(0, GROUPS)
+    mask_g = g < K // GROUP
+    offs_j = g[:, None] * WG + tl.arange(0, WG)[None, :]  # (GROUPS, WG) word index along the row
+    w = tl.load(qk_ptr + offs_n[:, None, None] * k8 + offs_j[None, :, :],
+                mask=mask_n[:, None, None] & mask_g[:, None][None, :, :], other=0, eviction_policy="evict_first")
+    xp = x_ptr + offs_j * 8
+    mask_x = mask_g[:, None]
+    x0 = tl.load(xp + 0, mask=mask_x, other=0.0).to(tl.float32)
+    x1 = tl.load(xp + 1, mask=mask_x, other=0.0).to(tl.float32)
+    x2 = tl.load(xp + 2, mask=mask_x, other=0.0).to(tl.float32)
+    x3 = tl.load(xp + 3, mask=mask_x, other=0.0).to(tl.float32)
+    x4 = tl.load(xp + 4, mask=mask_x, other=0.0).to(tl.float32)
+    x5 = tl.load(xp + 5, mask=mask_x, other=0.0).to(tl.float32)
+    x6 = tl.load(xp + 6, mask=mask_x, other=0.0).to(tl.float32)
+    x7 = tl.load(xp + 7, mask=mask_x, other=0.0).to(tl.float32)
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
-    y = tl.zeros((BLOCK_N,), tl.float32)
-    g0 = pid_k * groups_per_split
-    g1 = tl.minimum(g0 + groups_per_split, K // GROUP)
-    for g in tl.range(g0, g1, num_stages=STAGES):
-        w = tl.load(qk_ptr + offs_n[:, None] * k8 + (g * WG + offs_w)[None, :], mask=mask_n[:, None], other=0,
-                    eviction_policy="evict_first")
-        xp = x_ptr + g * GROUP + offs_w * 8
-        x0 = tl.load(xp + 0).to(tl.float32)
-        x1 = tl.load(xp + 1).to(tl.float32)
-        x2 = tl.load(xp + 2).to(tl.float32)
-        x3 = tl.load(xp + 3).to(tl.float32)
-        x4 = tl.load(xp + 4).to(tl.float32)
-        x5 = tl.load(xp + 5).to(tl.float32)
-        x6 = tl.load(xp + 6).to(tl.float32)
-        x7 = tl.load(xp + 7).to(tl.float32)
+    mask = mask_n[:, None] & mask_g[None, :]
+    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask, other=0)
+    z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)  # (BN, GROUPS)
+    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask, other=0.0).to(tl.float32)
+    if H2:
+        amax = tl.max(tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)),
+                                                   tl.maximum(tl.abs(x2), tl.abs(x3))),
+                                        tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)),
+                                                   tl.maximum(tl.abs(x6), tl.abs(x7)))), axis=1), axis=0)
+        # 2^(10 − ⌈log2 amax⌉): the largest |x| lands in (512, 1024]; 4 products ≤ 60·1024 < 65504
+        xscale = tl.where(amax > 0, tl.exp2(10.0 - tl.ceil(tl.log2(tl.maximum(amax, 1e-30)))), 1.0)
+        nb1 = _half_pairs(-(1024.0 + z), -(1024.0 + z))[:, :, None]
+        nb2 = _half_pairs(-(64.0 + z), -(64.0 + z))[:, :, None]
+        part = tl.sum(_dot8_h2(w, nb1, nb2, _half_pairs(x0 * xscale, x1 * xscale)[None, :, :],
+                               _half_pairs(x2 * xscale, x3 * xscale)[None, :, :],
+                               _half_pairs(x4 * xscale, x5 * xscale)[None, :, :],
+                               _half_pairs(x6 * xscale, x7 * xscale)[None, :, :], ASM), axis=2)  # (BN, GROUPS)
+        y = tl.sum(s * part, axis=1) / xscale
+    else:
         # nibble i (bits 4i) holds k = 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]; bring each to bit 12 or 16
         lo16 = w << 16
         lo8 = w << 8
         hi8 = w >> 8
         hi12 = w >> 12
-        acc = _offset_code(lo16, 16, m16) * x0[None, :]  # nibble 0
-        acc += _offset_code(lo8, 12, m12) * x2[None, :]  # 1
-        acc += _offset_code(lo8, 16, m16) * x4[None, :]  # 2
-        acc += _offset_code(w, 12, m12) * x6[None, :]  # 3
-        acc += _offset_code(w, 16, m16) * x1[None, :]  # 4
-        acc += _offset_code(hi8, 12, m12) * x3[None, :]  # 5
-        acc += _offset_code(hi12, 12, m12) * x5[None, :]  # 6
-        acc += _offset_code(hi12, 16, m16) * x7[None, :]  # 7
-        # Σ x (q − z) s = s (Σ x (q + off) − Σ x off − z Σ x), off = 2^(23−POS) per nibble
-        xsum = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=0)
-        xoff = tl.sum(128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6), axis=0)
-        zw = tl.load(qz_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
-        z = ((zw >> zshift) & 0xF).to(tl.float32)
-        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        y += s * (tl.sum(acc, axis=1) - xoff - z * xsum)
+        acc = _offset_code(lo16, 16, m16) * x0[None, :, :]  # nibble 0
+        acc += _offset_code(lo8, 12, m12) * x2[None, :, :]  # 1
+        acc += _offset_code(lo8, 16, m16) * x4[None, :, :]  # 2
+        acc += _offset_code(w, 12, m12) * x6[None, :, :]  # 3
+        acc += _offset_code(w, 16, m16) * x1[None, :, :]  # 4
+        acc += _offset_code(hi8, 12, m12) * x3[None, :, :]  # 5
+        acc += _offset_code(hi12, 12, m12) * x5[None, :, :]  # 6
+        acc += _offset_code(hi12, 16, m16) * x7[None, :, :]  # 7
+        # per group: Σ x (q − z) s = s (Σ x (q + off) − Σ x off − z Σ x), off = 2^(23−POS) per nibble
+        xsum = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=1)  # (GROUPS,)
+        xoff = tl.sum(128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6), axis=1)
+        part = tl.sum(acc, axis=2)  # (BN, GROUPS)
+        y = tl.sum(s * (part - xoff[None, :] - z * xsum[None, :]), axis=1)  # (BN,)
     if SPLIT:
         one = tl.arange(0, 1)
         tl.atomic_add(ws_ptr + offs_n, y, mask=mask_n)
@@ -281,21 +340,22 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
 
 def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
-             block_n: int = 64, split_k: int | None = None, num_warps: int = 2, num_stages: int = 4,
-             target_programs: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (1, K) → (1, N) from the K-major layout with FMAs; K-splits meet in ``workspace`` (fp32 ≥ N)
-    and ``counters`` (int32 ≥ N/block_n), both zero and left at zero; ``split_k`` None: enough
-    K-splits for ``target_programs`` programs."""
+             block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
+    meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
+    ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
-    tiles, split_k, per_split = _split_grid(n, k, block_n, group_size, split_k, target_programs)
+    chunk_k = -(-chunk_k // group_size) * group_size
+    tiles, split_k = triton.cdiv(n, block_n), triton.cdiv(k, chunk_k)
     y = torch.empty(1, n, dtype=x.dtype, device=x.device) if out is None else out
     _gemv_row_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
-        per_split, split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, STAGES=num_stages,
-        SPLIT=split_k > 1, HAS_BIAS=bias is not None, **{f"S{j}": _SHIFTS[j] for j in range(8)},
-        num_warps=num_warps, num_stages=num_stages)
+        split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
+        SPLIT=split_k > 1, HAS_BIAS=bias is not None, ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)},
+        num_warps=num_warps, num_stages=1)
     return y
 
 

@@ -72,11 +72,12 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     qk = to_kmajor(lin.qweight)
     if m <= 16:
         scratch = Scratch(DEVICE, n, 16)
-        if m == 1:  # FMAs: whole K per program, three K-splits, as many as the grid wants
-            for block_n, split in ((16, 1), (32, 3), (64, None)):
+        if m == 1:  # fp32 or half2 products; whole K in one program, or chunks of one or two groups (K-splits)
+            for h2, block_n, chunk in ((h2, bn, ck) for h2 in (False, True) for bn, ck in
+                                       ((16, 4096), (32, group), (64, 2 * group))):
                 y = tw.gemv_row(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
-                                block_n=block_n, split_k=split, target_programs=64, out=_poison(m, n, dtype))
-                assert _rel(y, ref) < TOL[dtype], f"row, block_n {block_n}, split {split}"
+                                block_n=block_n, chunk_k=chunk, h2=h2, out=_poison(m, n, dtype))
+                assert _rel(y, ref) < TOL[dtype], f"row, h2 {h2}, block_n {block_n}, chunk {chunk}"
                 # the workspace and counters are left at zero for the next call
                 assert not scratch.workspace.any() and not scratch.counters.any()
         # tensor cores: whole K per program, three K-splits, as many as the grid wants
@@ -91,6 +92,22 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     assert torch.equal(wk, w)  # the reference's values, bit for bit
     part = tw.dequantize_kmajor(qk, lin.qzeros, lin.scales, group, dtype, rows=(8, 56), block_n=32)
     assert torch.equal(part, w[8:56])
+
+
+@pytest.mark.parametrize("peak", [6e4, 3e3, 1e-2])
+def test_row_kernel_half2_keeps_extreme_activations(peak):
+    """Half2 products scale x per program: an fp16 activation near its limit (or a row of tiny
+    ones) must neither overflow nor lose precision."""
+    k, n, group = 1024, 128, 128
+    lin = _layer(k, n, group, 77, bias=False)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(78)) * peak / 100
+    x[0, ::97] = peak  # a few massive channels, as LLM activations have
+    x = x.to(DEVICE, torch.float16)
+    qk = to_kmajor(lin.qweight)
+    scratch = Scratch(DEVICE, n, 16)
+    y = tw.gemv_row(x, qk, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
+                    block_n=32, chunk_k=256, h2=True, out=_poison(1, n, torch.float32))
+    assert _rel(y, _ref(x, lin)) < 2e-3
 
 
 @pytest.mark.parametrize("k,n", [(256, 72), (576, 200)])
@@ -117,7 +134,7 @@ def test_reused_scratch_across_shapes_and_calls():
                         block_n=32, split_k=2)
         assert _rel(y, _ref(x, lin)) < TOL[torch.float16]
         y = tw.gemv_row(x[:1], qk, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
-                        block_n=32, split_k=2)
+                        block_n=32, chunk_k=group)
         assert _rel(y, _ref(x[:1], lin)) < TOL[torch.float16]
 
 
@@ -130,7 +147,8 @@ def test_dispatch_on_gpu(m):
     assert _rel(lin(x), ref) < TOL[torch.float16]  # a GEMM-layout layer: repacked per call
     assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
     assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
-    for settings in (KernelSettings(), KernelSettings(row_kernel="dot"), KernelSettings(prefill_chunk_n=64)):
+    for settings in (KernelSettings(), KernelSettings(row_h2=False), KernelSettings(row_kernel="dot"),
+                     KernelSettings(prefill_chunk_n=64)):
         lin.kernel_settings = settings
         assert _rel(lin(x), ref) < TOL[torch.float16]
         assert _rel(lin(x.float()), ref) < TOL[torch.float16]

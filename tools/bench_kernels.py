@@ -50,8 +50,8 @@ SHAPES = {  # name: (K, N)
 }
 MS = (1, 2, 4, 8, 16, 32, 128, 512, 2048)
 GROUP = 128
-ROW_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
-            for bn in (32, 64, 128) for w in (1, 2) for st in (3, 5) for pps in (4, 8)]
+ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=h2) for h2 in (False, True) for bn in (32, 64, 128)
+            for ck in (256, 512) for w in (1, 2)]
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
@@ -188,10 +188,7 @@ def main() -> None:
             return err, err < 5e-3 and clean
 
         def row_call(x, c, cfg):
-            cfg = dict(cfg)
-            pps = cfg.pop("programs_per_sm")
-            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
-                               target_programs=pps * sms, **cfg)
+            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters, **cfg)
 
         def dot_call(x, c, cfg):
             cfg = dict(cfg)

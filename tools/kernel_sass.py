@@ -41,10 +41,10 @@ def build(kind: str, a) -> tuple[ASTSource, int]:
     types = {"x_ptr": "*fp16", "qk_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
              "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     if kind == "row":
-        sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "groups_per_split": "i32", "split_k": "i32",
-               "m12": "i32", "m16": "i32"}
-        const = dict(GROUP=a.group, BLOCK_N=a.block_n, STAGES=a.stages, SPLIT=True, HAS_BIAS=False, **SHIFTS)
-        return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.group
+        sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32", "m16": "i32"}
+        const = dict(GROUP=a.group, BLOCK_N=a.block_n, CHUNK_K=a.chunk_k, H2=a.h2, SPLIT=True, HAS_BIAS=False,
+                     ASM=True, **SHIFTS)
+        return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.chunk_k
     if kind == "dot":
         sig = {**types, "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32", "stride_ym": "i32",
                "groups_per_split": "i32", "split_k": "i32", "magic": "i32"}
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--chunk-k", type=int, default=512)
     ap.add_argument("--warps", type=int, default=2)
     ap.add_argument("--stages", type=int, default=1)
+    ap.add_argument("--h2", action="store_true", help="row kernel: half2 products")
     ap.add_argument("--dump", action="store_true", help="print the SASS")
     a = ap.parse_args()
     src, weights = build(a.kind, a)
