@@ -341,10 +341,11 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
 def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             max_registers: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
     meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
-    ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel)."""
+    ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel);
+    ``max_registers`` caps registers per thread (more resident warps, maybe spills)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
@@ -355,7 +356,7 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
         split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
         SPLIT=split_k > 1, HAS_BIAS=bias is not None, ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)},
-        num_warps=num_warps, num_stages=1)
+        num_warps=num_warps, num_stages=1, **({} if max_registers is None else {"maxnreg": max_registers}))
     return y
 
 

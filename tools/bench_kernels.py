@@ -50,8 +50,9 @@ SHAPES = {  # name: (K, N)
 }
 MS = (1, 2, 4, 8, 16, 32, 128, 512, 2048)
 GROUP = 128
-ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=h2) for h2 in (False, True) for bn in (32, 64, 128)
-            for ck in (256, 512) for w in (1, 2)]
+ROW_CFGS = ([dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True, max_registers=r) for bn in (16, 32, 64)
+             for ck in (128, 256, 512) for w in (1, 2) for r in (None, 64)]
+            + [dict(block_n=32, chunk_k=256, num_warps=1, h2=False)])
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)

@@ -9,6 +9,8 @@ Needs edge-awq installed (see tools/device_kernels.sh).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -18,13 +20,17 @@ from edge_awq.kernels.layout import to_kmajor
 from edge_awq.pack import pack_linear
 from edge_awq.quant import quantize
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import read_probe  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--n", type=int, default=22016)
     ap.add_argument("--m", type=int, default=1)
-    ap.add_argument("--kind", choices=["row", "dot"], default="row")
+    ap.add_argument("--kind", choices=["row", "dot", "probe"], default="row")
+    ap.add_argument("--h2", action="store_true", help="row kernel: half2 products")
     ap.add_argument("--block-n", type=int, default=32)
     ap.add_argument("--chunk-k", type=int, default=512, help="row kernel")
     ap.add_argument("--warps", type=int, default=2)
@@ -35,10 +41,13 @@ def main() -> None:
     qk = to_kmajor(t["qweight"])
     scratch = Scratch("cuda", a.n)
     x = torch.randn(a.m, a.k, device="cuda", dtype=torch.float16)
+    probe_out = torch.empty(1 << 16, dtype=torch.int32, device="cuda")
     for _ in range(5):
         if a.kind == "row":
             tw.gemv_row(x, qk, t["qzeros"], t["scales"], None, 128, scratch.workspace, scratch.counters,
-                        block_n=a.block_n, chunk_k=a.chunk_k, num_warps=a.warps)
+                        block_n=a.block_n, chunk_k=a.chunk_k, num_warps=a.warps, h2=a.h2)
+        elif a.kind == "probe":
+            read_probe(qk, probe_out, block_n=a.block_n, chunk_k=a.chunk_k, num_warps=a.warps)
         else:
             tw.gemv_dot(x, qk, t["qzeros"], t["scales"], None, 128, scratch.workspace, scratch.counters,
                         block_n=a.block_n, num_warps=a.warps, num_stages=a.stages, target_programs=a.programs)
