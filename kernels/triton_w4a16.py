@@ -224,7 +224,11 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
         xoff = tl.sum(128.0 * (x0 + x1 + x4 + x7) + 2048.0 * (x2 + x3 + x5 + x6), axis=1)
         part = tl.sum(acc, axis=2)  # (BN, GROUPS)
         y = tl.sum(s * (part - xoff[None, :] - z * xsum[None, :]), axis=1)  # (BN,)
-    if SPLIT:
+    if SPLIT == 2:  # into a zeroed fp32 output: partial sums only, no arrival count
+        if HAS_BIAS:
+            y += tl.where(pid_k == 0, tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32), 0.0)
+        tl.atomic_add(y_ptr + offs_n, y, mask=mask_n, sem="relaxed")
+    elif SPLIT == 1:
         one = tl.arange(0, 1)
         tl.atomic_add(ws_ptr + offs_n, y, mask=mask_n)
         _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, one, one < 1, N, N, 1, BLOCK_N, HAS_BIAS)
@@ -265,7 +269,12 @@ def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
         z = ((zw >> zshift) & 0xF).to(tl.float32)
         s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
         acc = tl.dot(_codes16(words, magic, z, s, xt.dtype, GROUP, ASM), xt, acc)  # (BN, BM)
-    if SPLIT:
+    if SPLIT == 2:  # into a zeroed fp32 output: partial sums only, no arrival count
+        if HAS_BIAS:
+            acc += tl.where(pid_k == 0, tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32), 0.0)[:, None]
+        tl.atomic_add(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], acc,
+                      mask=mask_n[:, None] & mask_m[None, :], sem="relaxed")
+    elif SPLIT == 1:
         tl.atomic_add(ws_ptr + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask_n[:, None] & mask_m[None, :])
         _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m, N, stride_ym,
                       BLOCK_M, BLOCK_N, HAS_BIAS)
@@ -341,11 +350,14 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
 def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
-             max_registers: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+             max_registers: int | None = None, out: torch.Tensor | None = None, accumulate: bool = False
+             ) -> torch.Tensor:
     """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
     meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
     ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel);
-    ``max_registers`` caps registers per thread (more resident warps, maybe spills)."""
+    ``max_registers`` caps registers per thread (more resident warps, maybe spills). ``accumulate``:
+    ``out`` is a zeroed fp32 (1, N) that the K-splits add into directly (no workspace, no arrival
+    count; whoever reads it zeroes it for the next call)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
@@ -355,17 +367,19 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     _gemv_row_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
         split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
-        SPLIT=split_k > 1, HAS_BIAS=bias is not None, ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)},
-        num_warps=num_warps, num_stages=1, **({} if max_registers is None else {"maxnreg": max_registers}))
+        SPLIT=2 if accumulate else int(split_k > 1), HAS_BIAS=bias is not None, ASM=not _interpreted(),
+        **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1,
+        **({} if max_registers is None else {"maxnreg": max_registers}))
     return y
 
 
 def gemv_dot(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 64, split_k: int | None = None, num_warps: int = 4, num_stages: int = 3,
-             target_programs: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+             target_programs: int = 0, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
     """x (≤ 16, K) fp16/bf16 → (M, N) from the K-major layout with tensor cores; workspace as
-    ``gemv_row`` (≥ M·N); ``split_k`` None: enough K-splits for ``target_programs`` programs."""
+    ``gemv_row`` (≥ M·N); ``split_k`` None: enough K-splits for ``target_programs`` programs;
+    ``accumulate`` as ``gemv_row`` (``out`` a zeroed fp32 (M, N))."""
     m, k = x.shape
     n = scales.shape[1]
     assert m <= 16 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8) and x.dtype in _MAGIC16BIT
@@ -374,7 +388,8 @@ def gemv_dot(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     _gemv_dot_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
         m, n, k, k // 8, x.stride(0), y.stride(0), per_split, split_k, _MAGIC16BIT[x.dtype],
-        GROUP=group_size, BLOCK_M=16, BLOCK_N=block_n, SPLIT=split_k > 1, HAS_BIAS=bias is not None,
+        GROUP=group_size, BLOCK_M=16, BLOCK_N=block_n, SPLIT=2 if accumulate else int(split_k > 1),
+        HAS_BIAS=bias is not None,
         ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps,
         num_stages=num_stages)
     return y

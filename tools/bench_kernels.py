@@ -50,9 +50,8 @@ SHAPES = {  # name: (K, N)
 }
 MS = (1, 2, 4, 8, 16, 32, 128, 512, 2048)
 GROUP = 128
-ROW_CFGS = ([dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True, max_registers=r) for bn in (16, 32, 64)
-             for ck in (128, 256, 512) for w in (1, 2) for r in (None, 64)]
-            + [dict(block_n=32, chunk_k=256, num_warps=1, h2=False)])
+ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True) for bn in (16, 32, 64) for ck in (128, 256, 512, 1024)
+            for w in (1, 2)] + [dict(block_n=32, chunk_k=256, num_warps=1, h2=False)]
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
@@ -197,6 +196,41 @@ def main() -> None:
             return tw.gemv_dot(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
                                target_programs=pps * sms, **cfg)
 
+        def row_acc_call(x, c, cfg, out):
+            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
+                               out=out, accumulate=True, **cfg)
+
+        def dot_acc_call(x, c, cfg, out):
+            cfg = dict(cfg)
+            pps = cfg.pop("programs_per_sm")
+            return tw.gemv_dot(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
+                               target_programs=pps * sms, out=out, accumulate=True, **cfg)
+
+        # K-splits added straight into zeroed fp32 outputs: one memset for all calls of the graph, as
+        # a decode step zeroes every layer's outputs at once
+        arena = torch.zeros(len(copies), 16, n, dtype=torch.float32, device=dev)
+
+        def acc_graph_us(x, call, cfg):
+            m = x.shape[0]
+            calls = [lambda: arena.zero_()] + [lambda i=i, c=c: call(x, c, cfg, arena[i, :m])
+                                               for i, c in enumerate(copies)]
+            return graph_us(calls) * len(calls) / len(copies)
+
+        def acc_tune(kind, m, cfgs, call):
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            ref = x.double() @ w64
+            res = []
+            for cfg in cfgs:
+                arena.zero_()
+                err = rel_err(call(x, dict(qk=qk, qz=qz, sc=sc), cfg, arena[0, :m]), ref)
+                if err > 5e-3:
+                    print(f"  FAIL {name} {kind} M={m} {cfg}: rel err {err:.2e}", flush=True)
+                    continue
+                res.append((acc_graph_us(x, call, cfg), cfg))
+            res.sort(key=lambda r: r[0])
+            best[(kind, m)] = res[0][1]
+            print(f"{name} {kind} M={m}: best {res[0][0]:.1f} us {res[0][1]} (worst {res[-1][0]:.1f})", flush=True)
+
         best = {}
 
         def tune(kind, m, cfgs, call):
@@ -219,6 +253,7 @@ def main() -> None:
         probe = {}
         if 1 in ms:
             tune("row", 1, row_cfgs, row_call)
+            acc_tune("row-acc", 1, row_cfgs, row_acc_call)
             for cfg in PROBE_CFGS[:: 2]:
                 probe[str(cfg)] = graph_us([lambda c=c: read_probe(c["qk"], probe_out, **cfg) for c in copies])
             pbest = min(probe, key=probe.get)
@@ -227,6 +262,8 @@ def main() -> None:
         if any(m <= 16 for m in ms):
             for m in sorted({m for m in ms if m <= 16} & {1, 16}):
                 tune("dot", m, dot_cfgs, dot_call)
+            if any(1 < m <= 16 for m in ms):
+                acc_tune("dot-acc", 16, dot_cfgs, dot_acc_call)
         tuned[name] = {f"{kd}@{m}": cfg for (kd, m), cfg in best.items()}
 
         for m in ms:
@@ -242,9 +279,18 @@ def main() -> None:
                     cfg = best[("row", 1)]
                     errs["row"] = ok(row_call(x, base, cfg), ref)[0]
                     cands["row"] = graph_us([lambda c=c: row_call(x, c, cfg) for c in copies])
+                    cfg = best[("row-acc", 1)]
+                    arena.zero_()
+                    errs["row-acc"] = rel_err(row_acc_call(x, base, cfg, arena[0, :1]), ref)
+                    cands["row-acc"] = acc_graph_us(x, row_acc_call, cfg)
                 cfg = best[("dot", 1 if m == 1 else 16)]
                 errs["dot"] = ok(dot_call(x, base, cfg), ref)[0]
                 cands["dot"] = graph_us([lambda c=c: dot_call(x, c, cfg) for c in copies])
+                if m > 1:
+                    cfg = best[("dot-acc", 16)]
+                    arena.zero_()
+                    errs["dot-acc"] = rel_err(dot_acc_call(x, base, cfg, arena[0, :m]), ref)
+                    cands["dot-acc"] = acc_graph_us(x, dot_acc_call, cfg)
             else:
                 fp16_us = median_us(lambda: F.linear(x, w16))
                 i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
