@@ -94,6 +94,26 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     assert torch.equal(part, w[8:56])
 
 
+@pytest.mark.parametrize("m", [1, 5])
+def test_accumulate_into_zeroed_fp32_output(m):
+    """K-splits add straight into a zeroed fp32 output (the runtime zeroes all of a step's outputs
+    at once); the bias is added once, by the first split."""
+    k, n, group = 512, 136, 64
+    lin = _layer(k, n, group, 31 + m, bias=True)
+    x = _x(m, k, torch.float16, 32 + m)
+    qk = to_kmajor(lin.qweight)
+    scratch = Scratch(DEVICE, n, 16)
+    y = torch.zeros(m, n, dtype=torch.float32, device=DEVICE)
+    if m == 1:
+        tw.gemv_row(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                    block_n=32, chunk_k=group, h2=True, out=y, accumulate=True)
+    else:
+        tw.gemv_dot(x, qk, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                    block_n=32, split_k=3, out=y, accumulate=True)
+    assert _rel(y, _ref(x, lin)) < 1e-3  # fp32 output: only the products' rounding
+    assert not scratch.workspace.any() and not scratch.counters.any()  # untouched
+
+
 @pytest.mark.parametrize("peak", [6e4, 3e3, 1e-2])
 def test_row_kernel_half2_keeps_extreme_activations(peak):
     """Half2 products scale x per program: an fp16 activation near its limit (or a row of tiny
