@@ -48,13 +48,16 @@ class KernelSettings:
     backend: str = "auto"
     decode_max_m: int = 16
     row_kernel: str = "row"  # one row: "row" (gemv_row) or "dot" (gemv_dot, tensor cores)
-    row_block_n: int = 64
+    row_block_n: int = 32
     row_chunk_k: int = 256
     row_warps: int = 1
+    row_wide_n: int = 8192  # from this many output columns: the "wide" chunk and warps
+    row_chunk_k_wide: int = 512
+    row_warps_wide: int = 2
     row_h2: bool = True  # gemv_row's half2 products (fp16 on the GPU); False: fp32 FMAs
     dot_block_n: int = 64
     dot_warps: int = 4
-    dot_stages: int = 4
+    dot_stages: int = 3
     dot_programs_per_sm: int = 4
     prefill_chunk_n: int = 0  # 0: dequantize the whole layer before the matmul
 
@@ -120,10 +123,20 @@ def select_backend(device: torch.device, settings: KernelSettings) -> tuple[str,
 
 
 def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings = KernelSettings(),
-                 scratch: Scratch | None = None) -> torch.Tensor:
-    """x (..., K) fp16/bf16/fp32 → (..., N) in x's dtype."""
+                 scratch: Scratch | None = None, accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) fp16/bf16/fp32 → (..., N) in x's dtype.
+
+    ``accumulate_into``: a zeroed fp32 (rows, N) that decode kernels add their K-splits into (no
+    arrival count: see ``gemv_row``); it is returned. The caller zeroes it before the next call.
+    Paths that cannot accumulate write it instead."""
     backend, reason = select_backend(x.device, settings)
     _announce(backend, reason)
+    if accumulate_into is not None:
+        rows = x.numel() // x.shape[-1]
+        if backend == "triton" and rows <= settings.decode_max_m:
+            return _triton_linear(x, layer, settings, scratch, accumulate_into)
+        accumulate_into.copy_(w4a16_linear(x, layer, settings, scratch).reshape(accumulate_into.shape))
+        return accumulate_into
     if backend == "triton":
         return _triton_linear(x, layer, settings, scratch)
     packed = getattr(layer, "int4pack", None)  # prepared for torch's int4 kernel (QuantLinear.prepare)
@@ -151,7 +164,8 @@ class _GemmView:
     group_size: int
 
 
-def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scratch: Scratch | None) -> torch.Tensor:
+def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scratch: Scratch | None,
+                   acc: torch.Tensor | None = None) -> torch.Tensor:
     tw = _triton_module()
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
@@ -166,14 +180,23 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
     if m <= s.decode_max_m:
         if scratch is None or not scratch.fits(n) or scratch.workspace.device != x2.device:
             scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
+        out = None if acc is None else acc.view(m, n)
         if m == 1 and s.row_kernel == "row":
+            wide = n >= s.row_wide_n
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
-                            block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2)
+                            block_n=s.row_block_n, chunk_k=s.row_chunk_k_wide if wide else s.row_chunk_k,
+                            num_warps=s.row_warps_wide if wide else s.row_warps, h2=s.row_h2, out=out,
+                            accumulate=acc is not None)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
             y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.dot_block_n, num_warps=s.dot_warps, num_stages=s.dot_stages,
-                            target_programs=s.dot_programs_per_sm * _sm_count(x2.device)).to(x2.dtype)
+                            target_programs=s.dot_programs_per_sm * _sm_count(x2.device), out=out,
+                            accumulate=acc is not None)
+            if acc is None:
+                y = y.to(x2.dtype)
+        if acc is not None:
+            return acc
     else:
         y = _prefill(tw, x2, qk, layer, s, scratch)
     return y.reshape(*shape[:-1], n)
@@ -181,13 +204,15 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
 
 def _prefill(tw, x: torch.Tensor, qk: torch.Tensor, layer: PackedLinear, s: KernelSettings,
              scratch: Scratch | None) -> torch.Tensor:
-    """Dequantize to x's 16-bit dtype + cuBLAS; in column chunks when the settings ask, so each
-    chunk is still in L2 when the matmul reads it."""
+    """Dequantize to x's 16-bit dtype + cuBLAS, in column chunks: as many as the settings ask and
+    the scratch's dequantize buffer holds (so its size bounds the memory prefill takes)."""
     xd = x if x.dtype != torch.float32 else x.to(torch.float16)
     n, k = layer.scales.shape[1], x.shape[1]
     chunk = s.prefill_chunk_n if 0 < s.prefill_chunk_n < n else n
-    buf = scratch.dequant if scratch is not None and scratch.dequant is not None else None
-    if buf is None or buf.numel() < chunk * k or buf.dtype != xd.dtype:
+    buf = scratch.dequant if scratch is not None else None
+    if buf is not None and buf.dtype == xd.dtype:
+        chunk = min(chunk, max(8, buf.numel() // k // 8 * 8))
+    else:
         buf = torch.empty(chunk * k, dtype=xd.dtype, device=x.device)
     y = torch.empty(x.shape[0], n, dtype=xd.dtype, device=x.device)
     for n0 in range(0, n, chunk):

@@ -48,8 +48,35 @@ class QuantLinear(nn.Module):
             self.qweight = None
         return backend
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return w4a16_linear(x, self, self.kernel_settings, self.scratch)
+    @classmethod
+    def concat(cls, parts: list[QuantLinear]) -> QuantLinear:
+        """One linear computing ``parts`` side by side (outputs concatenated): q, k and v (or gate and
+        up) in one launch. Parts share in_features and group and are all in one layout; their
+        buffers are freed as the result is built, so the weights stay held once (plus one part)."""
+        first = parts[0]
+        fused = cls(first.in_features, sum(p.out_features for p in parts), first.group_size,
+                    bias=any(p.bias is not None for p in parts), device="meta")
+        kmajor = first.qweight is None
+        names = ("qweight_k" if kmajor else "qweight", "qzeros", "scales", "bias")
+        dims = {"qweight_k": 0, "qweight": 1, "qzeros": 1, "scales": 1, "bias": 0}
+        for name in names:
+            if name == "bias" and fused.bias is None:
+                continue
+            pieces = []
+            for p in parts:
+                t = getattr(p, name)
+                pieces.append(t if t is not None else torch.zeros(p.out_features, dtype=torch.float16,
+                                                                  device=first.qzeros.device))
+            fused.register_buffer(name, torch.cat(pieces, dim=dims[name]))
+            for p in parts:
+                setattr(p, name, None)
+        if kmajor:
+            fused.qweight = None
+        fused.kernel_settings, fused.scratch = first.kernel_settings, first.scratch
+        return fused
+
+    def forward(self, x: torch.Tensor, accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
+        return w4a16_linear(x, self, self.kernel_settings, self.scratch, accumulate_into)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}"
