@@ -264,3 +264,194 @@ def generate(model_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p,
                    f"{prefill:.1f} tok/s, decode {decode:.1f} tok/s; peak RSS {fmt_bytes(peak_rss_bytes())}]",
                    err=True)
     _run(go)
+
+
+def _runtime_options(f):
+    """Options shared by the commands that run a shard folder (chat, bench)."""
+    for opt in reversed([
+        click.option("--profile", default=None, help="Platform profile (name or .toml); default: detected."),
+        click.option("--device", default=None, help="cpu or cuda[:N] (default: the profile's)."),
+        click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), default="auto",
+                     show_default=True, help="Activations and KV cache (auto: float16 on a GPU, float32 on CPU)."),
+        click.option("--context", type=int, default=None, help="KV cache length in tokens (default: the profile's)."),
+        click.option("--memory-budget", default=None, help="Override the profile's memory budget, e.g. 6GB."),
+        click.option("--no-graphs", is_flag=True, help="Decode without CUDA graphs."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs):
+    from .plan import parse_bytes
+    from .runtime import open_runtime
+
+    budget = parse_bytes(memory_budget) if memory_budget else None
+    return open_runtime(shard_dir, profile, device, dtype, context, budget, not no_graphs, Bar("load"))
+
+
+def _banner(rt) -> str:
+    cfg, e, r = rt.engine.cfg, rt.engine, rt.load
+    q = e.loaded.qcfg
+    dev = (f"GPU {fmt_bytes(r.device_bytes)} (peak {fmt_bytes(r.peak_device_bytes)})"
+           if r.device_bytes is not None else "")
+    return "\n".join([
+        f"model {cfg.model_type}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+        + (f"W{q.bits} g{q.group_size}" if q else "dense") + f", {fmt_bytes(r.bytes_read)} in {r.files} shards",
+        f"profile {rt.profile.name} ({rt.profile_reason}); {rt.device}, {str(rt.dtype).removeprefix('torch.')}, "
+        f"kernels {r.backend}, decode {'CUDA graph' if e.use_graph else 'fused' if e.fast else 'eager'}, "
+        f"context {e.max_context} (KV cache {fmt_bytes(e.kv_bytes())})",
+        f"loaded in {r.seconds:.1f} s (ready in {rt.open_seconds:.1f} s); host RSS {fmt_bytes(r.rss_bytes)} "
+        f"(peak {fmt_bytes(r.peak_rss_bytes)}, staging {fmt_bytes(r.staging_bytes)}) {dev}".rstrip(),
+        rt.plan.summary(),
+    ])
+
+
+def _memory_now(rt) -> str:
+    import torch
+
+    from .memory import rss_bytes
+
+    gpu = f", GPU {fmt_bytes(torch.cuda.memory_allocated(rt.device))}" if rt.device.type == "cuda" else ""
+    return f"RSS {fmt_bytes(rss_bytes())}{gpu}"
+
+
+@main.command()
+@click.argument("shard_dir", type=click.Path(path_type=Path))
+@_runtime_options
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--prompt", default=None, help="Ask this one question, print the answer and exit.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="0: greedy.")
+@click.option("--top-k", type=int, default=40, show_default=True, help="0: off.")
+@click.option("--top-p", type=float, default=0.9, show_default=True, help="1: off.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1: off.")
+@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@click.option("--stop", multiple=True, help="Stop the answer at this text (repeatable).")
+def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, system, prompt, max_new_tokens,
+         temperature, top_k, top_p, repetition_penalty, seed, stop):
+    """Chat with the model in SHARD_DIR (interactive; or piped stdin, one turn per line; or --prompt).
+
+    Commands: /reset (forget the conversation), /stats, /system TEXT (new system prompt, resets),
+    /exit. Ctrl-C stops the current answer; Ctrl-D (end of input) exits.
+    """
+    from .chat import ChatSession
+    from .generate import SamplingParams
+
+    def go():
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        rt = _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs)
+        click.echo(_banner(rt), err=True)
+        session = ChatSession(rt.engine, rt.tokenizer, rt.eos, params, system, tuple(stop))
+        lines = [prompt] if prompt is not None else None
+        tty = sys.stdin.isatty() and lines is None
+        while True:
+            try:
+                if lines is not None:
+                    if not lines:
+                        break
+                    text = lines.pop(0)
+                elif tty:
+                    text = input("> ")
+                else:
+                    text = sys.stdin.readline()
+                    if not text:
+                        break
+                    text = text.rstrip("\n")
+            except EOFError:
+                click.echo("", err=True)
+                break
+            except KeyboardInterrupt:
+                click.echo("\n(Ctrl-D or /exit to quit)", err=True)
+                continue
+            text = text.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                cmd, _, arg = text.partition(" ")
+                if cmd == "/exit":
+                    break
+                if cmd == "/reset":
+                    session.reset()
+                    click.echo("[conversation cleared]", err=True)
+                elif cmd == "/system":
+                    session.reset(arg.strip() or None)
+                    click.echo(f"[system prompt {'set' if arg.strip() else 'cleared'}; conversation cleared]", err=True)
+                elif cmd == "/stats":
+                    n = len(session.history)
+                    new = sum(s.new_tokens for s in session.history)
+                    click.echo(f"[{n} turns, {new} tokens generated; context {rt.engine.length}/{rt.engine.max_context}"
+                               f" tokens; {_memory_now(rt)}]\n" + _banner(rt), err=True)
+                else:
+                    click.echo(f"[unknown command {cmd}; /reset, /stats, /system TEXT, /exit]", err=True)
+                continue
+            if not tty:
+                click.echo(f"> {text}")
+            answer, s = session.ask(text, lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            click.echo("")
+            note = {"length": " (token limit)", "context": " (context full)", "interrupted": " (stopped)",
+                    "stop string": " (stop string)"}.get(s.stopped, "")
+            dropped = f"; dropped {s.dropped_turns} oldest turns to fit the context" if s.dropped_turns else ""
+            click.echo(f"[{s.new_tokens} tokens{note}; TTFT {s.ttft_seconds * 1e3:.0f} ms, "
+                       f"{s.decode_tokens_per_s:.1f} tok/s; prefill {s.prefill_tokens} of {s.prompt_tokens} "
+                       f"tokens{dropped}; {_memory_now(rt)}]", err=True)
+    _run(go)
+
+
+@main.command("profiles")
+def profiles_cmd():
+    """List the platform profiles; * marks the one detected here."""
+    import psutil
+    import torch
+
+    from .profiles import all_profiles, detect_profile
+
+    def go():
+        mine, why = detect_profile(torch.cuda.is_available(), psutil.virtual_memory().total)
+        for p in all_profiles():
+            mem = f"{p.total_memory_gb:g} GB" if p.total_memory_gb else "device's"
+            bw = f"{p.bandwidth_gbps:g} GB/s" if p.bandwidth_gbps else "measured"
+            click.echo(f"{'*' if p.name == mine.name else ' '} {p.name:22s} {mem:>9s} memory, "
+                       f"{'unified' if p.unified_memory else 'discrete'}, {bw:>11s}, kernels {p.kernel}, "
+                       f"context {p.max_context}  {p.description}")
+        click.echo(f"detected: {mine.name} ({why})")
+    _run(go)
+
+
+@main.command()
+@click.argument("shard_dir", type=click.Path(path_type=Path))
+@_runtime_options
+@click.option("--prompt-lengths", default="128,512,2048", show_default=True, help="Comma-separated.")
+@click.option("--new-tokens", default="128", show_default=True, help="Tokens to generate per run, comma-separated.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Write a PNG plot here (needs matplotlib).")
+def bench(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prompt_lengths, new_tokens,
+          json_path, plot_path):
+    """Load time, memory, TTFT and decode tok/s of SHARD_DIR, against the memory-bandwidth roofline."""
+    from .bench import measure_bandwidth, plot, run_bench, to_json
+    from .footprint import describe
+    from .weights import write_json
+
+    def go():
+        prompts = [int(v) for v in prompt_lengths.split(",")]
+        gens = [int(v) for v in new_tokens.split(",")]
+        ctx = context or max(prompts) + max(gens)
+        rt = _open(shard_dir, profile, device, dtype, ctx, memory_budget, no_graphs)
+        click.echo(_banner(rt), err=True)
+        if rt.profile.bandwidth_gbps:
+            bw, src = rt.profile.bandwidth_gbps * 1e9, f"profile {rt.profile.name}"
+        else:
+            bw, src = measure_bandwidth(rt.device), "measured copy (read + write)"
+        rows = run_bench(rt, describe(shard_dir), prompts, gens, bw)
+        click.echo(f"bandwidth {bw / 1e9:.0f} GB/s ({src})")
+        click.echo("| prompt | new | TTFT ms | prefill tok/s | decode tok/s | roofline tok/s | of roofline |")
+        click.echo("|---|---|---|---|---|---|---|")
+        for r in rows:
+            click.echo(f"| {r.prompt_tokens} | {r.new_tokens} | {r.ttft_seconds * 1e3:.0f} | "
+                       f"{r.prefill_tokens_per_s:.0f} | {r.decode_tokens_per_s:.1f} | "
+                       f"{r.roofline_tokens_per_s:.0f} | {100 * r.roofline_fraction:.0f} % |")
+        if json_path:
+            write_json(json_path, to_json(rt, rows, bw, src))
+        if plot_path and not plot(rows, plot_path):
+            click.echo("plot skipped: matplotlib is not installed", err=True)
+    _run(go)

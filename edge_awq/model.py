@@ -8,6 +8,7 @@ per call, so a CPU run computes in fp32 without holding an fp32 copy of the mode
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,18 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
+def fuse_linears(parts: list[nn.Module]) -> nn.Module:
+    """One linear whose output is the parts' outputs side by side (they share the input)."""
+    if isinstance(parts[0], QuantLinear):
+        return QuantLinear.concat(parts)
+    fused = Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=parts[0].bias is not None,
+                   device="meta")
+    fused.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+    if fused.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    return fused
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -114,6 +127,18 @@ class Attention(nn.Module):
         self.k_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
         self.v_proj = Linear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
         self.o_proj = Linear(q, cfg.hidden_size, bias=cfg.o_bias)
+        self.qkv_proj: nn.Module | None = None  # set by fuse()
+        self.split_sizes = (q, kv, kv)
+
+    def fuse(self) -> None:
+        """q, k and v as one linear (one launch at decode); the separate ones are dropped."""
+        self.qkv_proj = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_proj is not None:
+            return self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0) -> torch.Tensor:
@@ -123,9 +148,10 @@ class Attention(nn.Module):
         [start, start + T) and attention runs over everything before them too.
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.reshape(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
         if kv is not None:
@@ -151,9 +177,19 @@ class MLP(nn.Module):
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.gate_up_proj: nn.Module | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        """gate and up as one linear; the separate ones are dropped."""
+        self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -226,8 +262,10 @@ def quantize_block_modules(block: Block, cfg: ModelConfig, qcfg: QuantConfig) ->
 def load_state(module: nn.Module, reader: WeightReader, prefix: str, dtype: torch.dtype | None) -> None:
     """Fill ``module`` (built on the meta device) with tensors ``prefix + name`` from the reader.
 
-    Float tensors are converted to ``dtype`` (None keeps the stored dtype); packed ints stay as stored.
+    Float tensors are converted to ``dtype`` (None keeps the stored dtype); a QuantLinear's tensors
+    (packed ints, fp16 scales and bias) stay as stored: its kernels read them so.
     """
+    quant = tuple(f"{n}." for n, m in module.named_modules() if isinstance(m, QuantLinear))
     state = {}
     for name, ref in list(module.named_parameters()) + list(module.named_buffers()):
         if name == "inv_freq":
@@ -237,7 +275,7 @@ def load_state(module: nn.Module, reader: WeightReader, prefix: str, dtype: torc
         if tuple(t.shape) != tuple(ref.shape):
             raise EdgeAwqError(f"{reader.folder}: tensor '{full}' has shape {tuple(t.shape)}, "
                                f"expected {tuple(ref.shape)}")
-        if t.is_floating_point() and dtype is not None:
+        if t.is_floating_point() and dtype is not None and not name.startswith(quant):
             t = t.to(dtype)
         elif t.dtype != ref.dtype and not t.is_floating_point():
             raise EdgeAwqError(f"{reader.folder}: tensor '{full}' has dtype {t.dtype}, expected {ref.dtype}")
@@ -277,14 +315,18 @@ def checkpoint_tensors(cfg: ModelConfig, qcfg: QuantConfig | None) -> dict[str, 
     return out
 
 
-def _assemble(cfg: ModelConfig, qcfg: QuantConfig | None, dtype: torch.dtype | None, part) -> CausalLM:
-    """Build the model part by part; ``part(role, layer)`` returns the reader holding that part."""
+def assemble(cfg: ModelConfig, qcfg: QuantConfig | None, dtype: torch.dtype | None, part,
+             on_block: Callable[[Block], None] | None = None) -> CausalLM:
+    """Build the model part by part; ``part(role, layer)`` returns the reader holding that part;
+    ``on_block`` (e.g. the runtime's repacking) runs on each block as soon as it is loaded."""
     with torch.device("meta"):
         model = CausalLM(cfg)
     model.inv_freq = rope_inv_freq(cfg)
     load_state(model.model.embed_tokens, part("embed", None), "model.embed_tokens.", dtype)
     for i in range(cfg.num_layers):
         model.model.layers[i] = load_block(part("layer", i), cfg, i, dtype, qcfg)
+        if on_block is not None:
+            on_block(model.model.layers[i])
     head = part("head", None)
     load_state(model.model.norm, head, "model.norm.", dtype)
     if cfg.tie_word_embeddings:
@@ -315,8 +357,8 @@ def load_model(folder: Path, dtype: torch.dtype | None = None) -> CausalLM:
             entry = m.part(role, layer)
             return ShardTensors(folder / entry.name, read_shard(folder, entry))
 
-        return _assemble(cfg, qcfg, dtype, shard)
+        return assemble(cfg, qcfg, dtype, shard)
     cfg = ModelConfig.from_folder(folder)
     qcfg = QuantConfig.from_folder(folder)
     reader = WeightReader(folder)
-    return _assemble(cfg, qcfg, dtype, lambda role, layer: reader)
+    return assemble(cfg, qcfg, dtype, lambda role, layer: reader)

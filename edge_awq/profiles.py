@@ -7,9 +7,12 @@ works wherever a profile name does.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any
+
+from edge_awq.kernels.dispatch import KernelSettings
 
 from .errors import EdgeAwqError
 
@@ -19,7 +22,7 @@ else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
 WEIGHT_LAYOUTS = ("awq-gemm",)  # packed layouts this version can write; kernels work adds more
-KERNELS = ("triton", "torch")
+KERNELS = ("triton", "torch-int4", "torch")  # Triton; torch's int4 kernel; the torch reference
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Profile:
     reserved_gb: float  # left to the OS, desktop and CUDA context
     unified_memory: bool  # CPU and GPU share DRAM (Jetson)
     bandwidth_gbps: float  # DRAM bandwidth; 0 when unknown
-    kernel: str  # "triton" or "torch"
+    kernel: str  # "triton" (falls back to torch's int4 kernel), "torch-int4", or "torch" (the reference)
     weight_layout: str  # packed layout the kernels read
     max_context: int
     kv_dtype: str
@@ -39,6 +42,7 @@ class Profile:
     cuda_graphs: bool
     match_model: tuple[str, ...] = ()  # substrings of /proc/device-tree/model
     match_memory_gb: int | None = None
+    kernels: dict[str, Any] = field(default_factory=dict)  # [kernels] table: KernelSettings overrides
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -48,6 +52,19 @@ class Profile:
                                f"by this version ({', '.join(WEIGHT_LAYOUTS)})")
         if self.kv_dtype not in ("float16", "bfloat16", "float32"):
             raise EdgeAwqError(f"profile {self.name}: kv_dtype {self.kv_dtype!r} is not supported")
+        known = {f.name for f in fields(KernelSettings)}
+        for key in self.kernels:
+            if key not in known:
+                raise EdgeAwqError(f"profile {self.name}: [kernels] field '{key}' is not a kernel setting "
+                                   f"({', '.join(sorted(known))})")
+        try:
+            self.kernel_settings()
+        except (TypeError, ValueError) as e:
+            raise EdgeAwqError(f"profile {self.name}: [kernels]: {e}") from None
+
+    def kernel_settings(self) -> KernelSettings:
+        backend = {"triton": "auto", "torch-int4": "torch-int4", "torch": "reference"}[self.kernel]
+        return KernelSettings(**{"backend": backend, **self.kernels})
 
     @property
     def budget_bytes(self) -> int | None:
@@ -71,15 +88,17 @@ def _parse(text: str, source: str) -> Profile:
     if unknown:
         raise EdgeAwqError(f"{source}: unknown profile field '{unknown[0]}'")
     missing = sorted(f.name for f in fields(Profile) if f.name not in data and f.default is not None
-                     and f.name not in ("match_model", "match_memory_gb"))
+                     and f.name not in ("match_model", "match_memory_gb", "kernels"))
     if missing:
         raise EdgeAwqError(f"{source}: missing profile field '{missing[0]}'")
     for f in fields(Profile):
-        if f.name in data and not _has_type(data[f.name], f.type):
+        if f.name in data and f.name != "kernels" and not _has_type(data[f.name], f.type):
             raise EdgeAwqError(f"{source}: field '{f.name}' must be {_TYPE_WORDS[f.type]}, "
                                f"not {data[f.name]!r}")
     if "match_model" in data:
         data["match_model"] = tuple(data["match_model"])
+    if not isinstance(data.get("kernels", {}), dict):
+        raise EdgeAwqError(f"{source}: 'kernels' must be a table of kernel settings")
     return Profile(**data)
 
 
@@ -115,3 +134,29 @@ def load_profile(name_or_path: str) -> Profile:
 
 def all_profiles() -> list[Profile]:
     return [load_profile(n) for n in profile_names()]
+
+
+def _jetson_model() -> str | None:
+    """The module's name on a Jetson (/proc/device-tree/model), None elsewhere."""
+    if not Path("/etc/nv_tegra_release").exists():
+        return None
+    try:
+        return Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return "unknown Jetson"
+
+
+def detect_profile(cuda_available: bool, host_memory_bytes: int) -> tuple[Profile, str]:
+    """(the profile of this machine, why): a Jetson module by its device-tree name and memory, a
+    generic desktop GPU, or the CPU."""
+    if not cuda_available:
+        return load_profile("cpu"), "no CUDA device"
+    model = _jetson_model()
+    if model is None:
+        return load_profile("desktop-gpu"), "CUDA GPU, not a Jetson"
+    gb = host_memory_bytes / 2**30
+    named = [p for p in all_profiles() if any(s in model for s in p.match_model)]
+    if not named:
+        return load_profile("desktop-gpu"), f"Jetson {model!r} has no profile of its own"
+    best = min(named, key=lambda p: abs((p.match_memory_gb or 0) - gb))
+    return best, f"{model}, {gb:.1f} GB"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,12 +251,60 @@ def _read_exact(f, view: memoryview, path: Path, h: Any) -> None:
         h.update(part)
 
 
-def read_shard(folder: Path, entry: ShardFile) -> dict[str, torch.Tensor]:
-    """Read one shard's tensors to CPU, checking size, header and sha256 in the same single pass.
+class Staging:
+    """Bounded pinned host memory that file bytes pass through on their way to a GPU: two halves,
+    so reading (and hashing) the next piece overlaps the copy of the last. The whole file is never
+    in host memory; the staging size bounds what loading adds to the process's RSS."""
 
-    Raises before returning if any check fails, so a corrupt file's tensors are never used.
-    """
+    def __init__(self, nbytes: int, device: torch.device):
+        half = max(1 << 20, nbytes // 2)
+        self.bufs = [torch.empty(half, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.views = [memoryview(b.numpy()) for b in self.bufs]
+        self.done = [torch.cuda.Event() for _ in range(2)]
+        self.device, self.turn = device, 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() for b in self.bufs)
+
+    def copy_in(self, f, dst: torch.Tensor, path: Path, h: Any) -> None:
+        """Read ``dst.numel()`` bytes from ``f`` into the device tensor ``dst`` (uint8, flat)."""
+        n = dst.numel()
+        for lo in range(0, n, self.bufs[0].numel()):
+            i = self.turn
+            self.turn ^= 1
+            self.done[i].synchronize()  # the copy out of this half has finished
+            m = min(self.bufs[i].numel(), n - lo)
+            view = self.views[i][:m]
+            if f.readinto(view) != m:
+                raise EdgeAwqError(f"{path}: truncated (shorter than its manifest entry)")
+            h.update(view)
+            dst[lo:lo + m].copy_(self.bufs[i][:m], non_blocking=True)
+            self.done[i].record()
+
+    def finish(self) -> None:
+        for e in self.done:
+            e.synchronize()
+
+
+def _drop_page_cache(f) -> None:
+    """Tell the kernel the file's pages will not be read again: on unified memory (Jetson) the page
+    cache takes the same DRAM as the weights just copied out of it."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
+def read_shard(folder: Path, entry: ShardFile, device: torch.device | str = "cpu",
+               staging: Staging | None = None) -> dict[str, torch.Tensor]:
+    """Read one shard's tensors onto ``device``, checking size, header and sha256 in the same single
+    pass: on the CPU straight into each tensor, on a GPU through ``staging`` into each tensor's final
+    allocation. Raises before returning if any check fails, so a corrupt file's tensors are never
+    used; the file's page cache is dropped behind it."""
     path = Path(folder) / entry.name
+    device = torch.device(device)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -263,6 +312,8 @@ def read_shard(folder: Path, entry: ShardFile) -> dict[str, torch.Tensor]:
     if size != entry.bytes:
         raise EdgeAwqError(f"{path}: {size} bytes, manifest says {entry.bytes} "
                            f"({'truncated' if size < entry.bytes else 'too long'}); copy it again")
+    if device.type != "cpu" and staging is None:
+        staging = Staging(CHUNK, device)
     h = hashlib.sha256()
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as f:
@@ -287,15 +338,20 @@ def read_shard(folder: Path, entry: ShardFile) -> dict[str, torch.Tensor]:
         for name, spec in sorted(entry.tensors.items(), key=lambda kv: kv[1]["offset"]):
             if spec["offset"] > pos:  # padding between tensors still counts for the hash
                 _read_exact(f, memoryview(bytearray(spec["offset"] - pos)), path, h)
-            t = torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]])
+            t = torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]], device=device)
             if spec["bytes"] != t.numel() * t.element_size():
                 raise EdgeAwqError(f"{path}: tensor '{name}' byte size does not match its shape")
-            if spec["bytes"]:
+            if spec["bytes"] and device.type == "cpu":
                 _read_exact(f, memoryview(t.view(-1).view(torch.uint8).numpy()), path, h)
+            elif spec["bytes"]:
+                staging.copy_in(f, t.view(-1).view(torch.uint8), path, h)
             out[name] = t
             pos = spec["offset"] + spec["bytes"]
         while rest := f.read(CHUNK):
             h.update(rest)
+        _drop_page_cache(f)
+    if staging is not None:
+        staging.finish()
     if h.hexdigest() != entry.sha256:
         raise EdgeAwqError(f"{path}: sha256 mismatch: the file is corrupt; copy it again "
                            "(`edge-awq verify` lists every bad file)")

@@ -1,6 +1,7 @@
 """One entry point for every W4A16 linear: ``w4a16_linear(x, layer)`` picks the kernel.
 
-- CPU: the torch reference (unpack + matmul).
+- CPU: the torch reference (unpack + matmul), or, when the settings ask for "torch-int4" (the
+  CPU profile of the runtime), torch's CPU int4 kernel (bf16 inside the linear, ~8× faster).
 - CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``): one row →
   ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor cores), as the settings say; 2..``decode_max_m``
   rows → ``gemv_dot``; more → dequantize to 16 bits (the whole layer, or ``prefill_chunk_n``
@@ -106,9 +107,11 @@ def _sm_count(device: torch.device) -> int:
 
 def select_backend(device: torch.device, settings: KernelSettings) -> tuple[str, str]:
     """(backend, reason) for a device under the settings."""
-    if device.type != "cuda":
-        return "reference", f"{device.type}: torch reference"
     want = settings.backend
+    if device.type != "cuda":
+        if want == "torch-int4" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            return "torch-int4", f"{device.type}: torch's _weight_int4pack_mm_for_cpu (bf16 inside the linear)"
+        return "reference", f"{device.type}: torch reference"
     if want in ("auto", "triton"):
         if _triton_module() is not None:
             return "triton", "CUDA with Triton"

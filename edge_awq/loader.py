@@ -1,0 +1,119 @@
+"""Load a shard folder onto the device that will run it, one shard at a time.
+
+Each shard streams through bounded pinned staging (``shards.Staging``) into its tensors' final
+device allocations, its sha256 checked in the same pass and its page cache dropped behind it, so
+host memory never holds the model (on a Jetson, host and GPU share DRAM: two copies would not
+fit). Quantized linears are then laid out for the kernels that will run them (K-major for Triton)
+and q/k/v and gate/up fused, one layer at a time, so the device holds the weights once plus one
+tensor in flight. Every byte is accounted for in the ``LoadReport``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_awq.kernels.dispatch import KernelSettings, Scratch, select_backend
+from edge_awq.kernels.quant_linear import QuantLinear
+
+from .config import ModelConfig, QuantConfig
+from .errors import EdgeAwqError
+from .memory import peak_rss_bytes, rss_bytes
+from .model import Block, CausalLM, assemble
+from .shards import MANIFEST, ShardTensors, Staging, check_config, read_manifest, read_shard
+
+log = logging.getLogger(__name__)
+
+PREFILL_SCRATCH_BYTES = 64 << 20  # prefill dequantizes at most this much of a layer at a time
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    seconds: float
+    files: int
+    bytes_read: int
+    staging_bytes: int
+    backend: str  # the W4A16 kernels the linears were laid out for
+    rss_bytes: int  # host resident set after loading
+    peak_rss_bytes: int  # host high-water mark of the process so far
+    device_bytes: int | None  # allocated on the GPU after loading (weights + scratch), None on the CPU
+    peak_device_bytes: int | None
+
+
+@dataclass
+class LoadedModel:
+    model: CausalLM
+    cfg: ModelConfig
+    qcfg: QuantConfig | None
+    folder: Path
+    scratch: Scratch | None
+    settings: KernelSettings
+    report: LoadReport
+
+
+def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
+                settings: KernelSettings | None = None, staging_bytes: int = 64 << 20,
+                progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
+    """A shard folder (``edge-awq split``) as a ready-to-run model on ``device``, activations in
+    ``dtype``. Raises on the first shard that fails its checks, before any of its bytes are used."""
+    folder = Path(folder)
+    device = torch.device(device)
+    settings = settings or KernelSettings()
+    if not (folder / MANIFEST).exists():
+        raise EdgeAwqError(f"{folder}: no {MANIFEST}; make a shard folder with `edge-awq split`")
+    m = read_manifest(folder)
+    check_config(folder, m)
+    source = str(folder / MANIFEST)
+    cfg = ModelConfig.from_dict(m.config, source)
+    qc = m.config.get("quantization_config")
+    qcfg = None if qc is None else QuantConfig.from_hf(qc, source)
+    if m.weight_layout != ("dense" if qcfg is None else "awq-gemm"):
+        raise EdgeAwqError(f"{source}: weight layout {m.weight_layout!r} is not supported by this runtime")
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    staging = Staging(staging_bytes, device) if device.type == "cuda" else None
+    backend, _ = select_backend(device, settings)
+    scratch = None
+    if qcfg is not None and backend == "triton":
+        i, h = cfg.intermediate_size, cfg.hidden_size
+        widest = max(2 * i, h, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim)
+        scratch = Scratch(device, widest, dequant_elems=PREFILL_SCRATCH_BYTES // dtype.itemsize, dtype=dtype)
+    done, total = 0, len(m.files)
+
+    def part(role: str, layer: int | None) -> ShardTensors:
+        nonlocal done
+        entry = m.part(role, layer)
+        if progress:
+            progress(done, total, entry.name)
+        tensors = read_shard(folder, entry, device, staging)
+        done += 1
+        return ShardTensors(folder / entry.name, tensors)
+
+    def ready(block: Block) -> None:  # per layer, so the device holds one layer's repacking at a time
+        block.self_attn.fuse()
+        block.mlp.fuse()
+        for mod in block.modules():
+            if isinstance(mod, QuantLinear):
+                mod.prepare(settings, scratch)
+
+    model = assemble(cfg, qcfg, dtype, part, ready)
+    model.inv_freq = model.inv_freq.to(device)
+    if progress:
+        progress(total, total, "done")
+    staging_nbytes = staging.nbytes if staging is not None else 0
+    staging = None  # the pinned buffers go back before the first token
+    on_gpu = device.type == "cuda"
+    report = LoadReport(
+        seconds=time.perf_counter() - t0, files=total, bytes_read=sum(f.bytes for f in m.files),
+        staging_bytes=staging_nbytes, backend=backend if qcfg is not None else "dense", rss_bytes=rss_bytes(),
+        peak_rss_bytes=peak_rss_bytes(),
+        device_bytes=torch.cuda.memory_allocated(device) if on_gpu else None,
+        peak_device_bytes=torch.cuda.max_memory_allocated(device) if on_gpu else None)
+    log.info("loaded %s: %d files, %.1f s", folder, total, report.seconds)
+    return LoadedModel(model, cfg, qcfg, folder, scratch, settings, report)

@@ -1,0 +1,88 @@
+"""Open a shard folder for inference: pick the platform profile, plan memory, load, build the engine.
+
+Shared by ``edge-awq chat`` and ``edge-awq bench``; everything it decided is kept on the
+``Runtime`` so the commands can print what was loaded and what it took.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+from .engine import Engine
+from .errors import EdgeAwqError
+from .footprint import describe
+from .generate import eos_ids, load_tokenizer
+from .loader import LoadReport, load_shards
+from .plan import MemoryPlan, plan_memory
+from .profiles import Profile, detect_profile, load_profile
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    tokenizer: object
+    eos: set[int]
+    profile: Profile
+    profile_reason: str
+    plan: MemoryPlan
+    load: LoadReport
+    device: torch.device
+    dtype: torch.dtype
+    open_seconds: float  # tokenizer + planning + loading + engine
+
+
+def pick_device(device: str | None, profile: Profile | None) -> torch.device:
+    if device:
+        d = torch.device(device)
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise EdgeAwqError(f"--device {device}: no CUDA device is available")
+        return d
+    if profile is not None and profile.name == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def open_runtime(folder: Path, profile_name: str | None = None, device: str | None = None,
+                 dtype_name: str = "auto", context: int | None = None, memory_budget: int | None = None,
+                 cuda_graphs: bool = True, progress=None) -> Runtime:
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    host = psutil.virtual_memory().total
+    if profile_name:
+        profile, reason = load_profile(profile_name), "--profile"
+    else:
+        profile, reason = detect_profile(torch.cuda.is_available(), host)
+    dev = pick_device(device, profile)
+    if dev.type == "cpu" and profile.name != "cpu" and not profile_name:
+        profile, reason = load_profile("cpu"), "--device cpu"
+    if dtype_name == "auto":
+        dtype = torch.float32 if dev.type == "cpu" else torch.float16
+    else:
+        dtype = DTYPES[dtype_name]
+    fp = describe(folder)
+    if fp.kind != "shard folder":
+        raise EdgeAwqError(f"{folder}: not a shard folder; make one with `edge-awq split CKPT {folder}`")
+    ctx = min(context or profile.max_context, profile.max_context if context is None else context)
+    if dev.type == "cuda":
+        total, source = torch.cuda.get_device_properties(dev).total_memory, torch.cuda.get_device_name(dev)
+    else:
+        total, source = host, "host memory"
+    staging = (profile.staging_mb << 20) if dev.type == "cuda" else 0
+    plan = plan_memory(fp, profile, ctx, total, source, memory_budget, staging)
+    log.info("%s", plan.summary())
+    tokenizer = load_tokenizer(folder)
+    loaded = load_shards(folder, dev, dtype, profile.kernel_settings(), staging or (64 << 20), progress)
+    engine = Engine(loaded, ctx, dtype, cuda_graphs=cuda_graphs and profile.cuda_graphs)
+    eos = eos_ids(folder, loaded.model, tokenizer)
+    return Runtime(engine, tokenizer, eos, profile, reason, plan, loaded.report, dev, dtype,
+                   time.perf_counter() - t0)
