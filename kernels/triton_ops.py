@@ -55,17 +55,15 @@ def _rope_kv_kernel(qkv_ptr, inv_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, stride_kh, s
     o1 = x1 * c - x2 * s  # channel pairs (i, i + D/2): the HF "rotate_half" convention
     o2 = x2 * c + x1 * s
     if h < H:
-        dt = q_ptr.dtype.element_ty
-        tl.store(q_ptr + h * D + half, o1.to(dt))
-        tl.store(q_ptr + h * D + D // 2 + half, o2.to(dt))
+        tl.store(q_ptr + h * D + half, o1.to(q_ptr.dtype.element_ty))
+        tl.store(q_ptr + h * D + D // 2 + half, o2.to(q_ptr.dtype.element_ty))
     else:
         kh = h - H
-        dt = k_ptr.dtype.element_ty
         base = kh * stride_kh + pos * stride_kt
-        tl.store(k_ptr + base + half, o1.to(dt))
-        tl.store(k_ptr + base + D // 2 + half, o2.to(dt))
+        tl.store(k_ptr + base + half, o1.to(k_ptr.dtype.element_ty))
+        tl.store(k_ptr + base + D // 2 + half, o2.to(k_ptr.dtype.element_ty))
         d = tl.arange(0, D)
-        tl.store(v_ptr + base + d, tl.load(qkv_ptr + (H + HKV + kh) * D + d).to(dt))
+        tl.store(v_ptr + base + d, tl.load(qkv_ptr + (H + HKV + kh) * D + d).to(v_ptr.dtype.element_ty))
 
 
 def rope_kv(qkv: torch.Tensor, inv_freq: torch.Tensor, pos: torch.Tensor, q_out: torch.Tensor,
