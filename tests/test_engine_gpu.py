@@ -58,4 +58,6 @@ def test_generate_on_gpu_is_seeded_and_stops(shards):
     first = run()
     assert first == run() and len(first) == 10
     eng.reset()
-    assert len(list(eng.generate([1, 2, 3], SamplingParams(max_new_tokens=500), set()))) == 128 - 3
+    # a full context: 125 tokens fed after the 3 of the prompt, and the last one sampled from position 127
+    assert len(list(eng.generate([1, 2, 3], SamplingParams(max_new_tokens=500), set()))) == 128 - 3 + 1
+    assert eng.length == 128
