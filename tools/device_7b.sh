@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, in two calls (the machine keeps .device/w between calls while warm):
+#   build   — a Llama-2-7B-shaped random model (vocab 49152 for the carried SmolLM2 tokenizer in
+#             .device/tok), RTN-quantized on the GPU, split as 4-bit and as a dense fp16 reference;
+#             the first half of the SmolLM2 shard folder (.device/smA) put aside
+#   measure — the second half (.device/smB): SmolLM2 GPU-vs-CPU greedy parity and a scripted chat;
+#             7B bench (4-bit and fp16), cold start (empty and warm Triton cache), scripted chat
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . >/dev/null 2>&1 || exit 1
+export PYTHONPATH=/tmp/site
+REPO=$PWD
+W=$REPO/.device/w
+mkdir -p $W
+cd /tmp  # not the checkout: its edge_awq/ folder lacks the kernels/ mapping
+ea() { python3 -m edge_awq "$@"; }
+if [ "$1" = build ]; then
+  rm -rf $W/sm && cp -r $REPO/.device/smA $W/sm
+  python3 $REPO/tools/make_random_model.py llama-2-7b $W/l7b --vocab 49152 --tokenizer $REPO/.device/tok
+  ea quantize $W/l7b $W/q4 --method rtn --device cuda 2>&1 | tail -1
+  ea split $W/q4 $W/s4 2>&1 | tail -1
+  ea split $W/l7b $W/s16 2>&1 | tail -1
+  du -sh $W/*
+  exit 0
+fi
+cp $REPO/.device/smB/* $W/sm/
+ea verify $W/sm | tail -1
+python3 $REPO/tools/parity_gpu.py $W/sm --tokens 64 2>&1 | grep -v Warn | tee $OUT/parity.txt
+printf 'What is the capital of France?\nAnd of Italy?\nAnd of Spain?\n' | ea chat $W/sm --temperature 0 \
+  --max-new-tokens 32 > $OUT/chat_smollm2.txt 2>&1
+ea bench $W/sm --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench_smollm2.json > $OUT/bench_smollm2.txt 2>&1
+export TRITON_CACHE_DIR=/tmp/triton-cold
+rm -rf $TRITON_CACHE_DIR
+python3 $REPO/tools/cold_start.py $W/s4 > $OUT/cold.txt 2>$OUT/cold_err.txt
+python3 $REPO/tools/cold_start.py $W/s4 > $OUT/warm.txt 2>$OUT/warm_err.txt
+ea bench $W/s4 --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench4.json --plot $OUT/bench4.png \
+  > $OUT/bench4.txt 2>&1
+ea bench $W/s16 --prompt-lengths 128 --new-tokens 128 --json $OUT/bench16.json > $OUT/bench16.txt 2>&1
+printf 'Hello!\nTell me more.\nThanks.\n' | ea chat $W/s4 --temperature 0 --max-new-tokens 32 \
+  > $OUT/chat7b.txt 2>&1
+tail -3 $OUT/chat_smollm2.txt; grep "^|" $OUT/bench_smollm2.txt
+cat $OUT/cold.txt $OUT/warm.txt; grep -E "^(model|profile|loaded|memory)" $OUT/bench4.txt
+grep -E "^\||bandwidth" $OUT/bench4.txt $OUT/bench16.txt; grep -E "loaded" $OUT/bench16.txt; tail -4 $OUT/chat7b.txt
