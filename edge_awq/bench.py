@@ -97,7 +97,8 @@ def to_json(rt: Runtime, rows: list[BenchRow], bandwidth: float, bandwidth_sourc
             "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "cpu",
             "dtype": str(rt.dtype).removeprefix("torch."), "kernels": r.backend,
             "cuda_graph": rt.engine.use_graph, "context": rt.engine.max_context,
-            "load": asdict(r), "ready_seconds": rt.open_seconds, "kv_cache_bytes": rt.engine.kv_bytes(),
+            "load": asdict(r), "ready_seconds": rt.open_seconds,
+            "ready_phases": rt.phases, "kv_cache_bytes": rt.engine.kv_bytes(),
             "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
             "rows": [asdict(x) for x in rows]}
 

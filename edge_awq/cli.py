@@ -300,7 +300,8 @@ def _banner(rt) -> str:
         f"profile {rt.profile.name} ({rt.profile_reason}); {rt.device}, {str(rt.dtype).removeprefix('torch.')}, "
         f"kernels {r.backend}, decode {'CUDA graph' if e.use_graph else 'fused' if e.fast else 'eager'}, "
         f"context {e.max_context} (KV cache {fmt_bytes(e.kv_bytes())})",
-        f"loaded in {r.seconds:.1f} s (ready in {rt.open_seconds:.1f} s); host RSS {fmt_bytes(r.rss_bytes)} "
+        f"loaded in {r.seconds:.1f} s (ready in {rt.open_seconds:.1f} s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in rt.phases.items()) + f"); host RSS {fmt_bytes(r.rss_bytes)} "
         f"(peak {fmt_bytes(r.peak_rss_bytes)}, staging {fmt_bytes(r.staging_bytes)}) {dev}".rstrip(),
         rt.plan.summary(),
     ])

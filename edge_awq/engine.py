@@ -33,6 +33,7 @@ from .model import KVCache
 log = logging.getLogger(__name__)
 
 ATTENTION_SPLITS = 16  # flash-decoding splits of the sequence (a power of two)
+SHORT_CONTEXT = 256  # up to this many cached tokens, one split: no combine step (a second captured graph)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Engine:
         backend, _ = select_backend(self.device, loaded.settings)
         self.fast = self.device.type == "cuda" and (backend == "triton" or loaded.qcfg is None) and _has_triton()
         self.use_graph = self.fast and cuda_graphs
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self.pdl = loaded.settings.pdl
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # by attention splits
         if self.fast:
             self._allocate_step_buffers()
 
@@ -106,13 +108,14 @@ class Engine:
         pos = self.cache.length
         self._host_state.copy_(torch.tensor([token, pos, pos + 1], dtype=torch.int64))
         self._state.copy_(self._host_state, non_blocking=True)
+        splits = 1 if pos + 1 <= SHORT_CONTEXT else ATTENTION_SPLITS
         if self.use_graph:
-            if self._graph is None:
-                self._capture()
-            self._graph.replay()
+            if splits not in self._graphs:
+                self._graphs[splits] = self._capture(splits)
+            self._graphs[splits].replay()
         else:
             with torch.inference_mode():
-                self._step()
+                self._step(splits)
         self.cache.length = pos + 1
         self.ids.append(token)
         return self._logits[0]
@@ -181,7 +184,7 @@ class Engine:
             return mod(x, accumulate_into=slot)
         return mod(x)
 
-    def _step(self) -> None:
+    def _step(self, splits: int) -> None:
         from edge_awq.kernels import triton_ops as ops
 
         cfg, m = self.cfg, self.model
@@ -193,34 +196,34 @@ class Engine:
         for i, blk in enumerate(m.model.layers):
             slots = self._slots[i]
             ops.add_rms_norm(self._residual if prev is None else prev, blk.input_layernorm.weight, eps, self._normed,
-                             None if prev is None else self._residual)
+                             None if prev is None else self._residual, pdl=self.pdl)
             a = blk.self_attn
             qkv = self._linear(a.qkv_proj, self._normed, slots[0])
             ops.rope_kv(qkv, m.inv_freq, pos, self._q, self.cache.k[i], self.cache.v[i], cfg.num_heads,
-                        cfg.num_kv_heads)
+                        cfg.num_kv_heads, pdl=self.pdl)
             ops.decode_attention(self._q, self.cache.k[i], self.cache.v[i], length, self._attn.view(-1),
-                                 self._partial, self._ml, scale)
+                                 self._partial, self._ml, scale, pdl=self.pdl, splits=splits)
             o = self._linear(a.o_proj, self._attn, slots[1])
-            ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual)
+            ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])
-            ops.silu_mul(gu, self._act)
+            ops.silu_mul(gu, self._act, pdl=self.pdl)
             prev = self._linear(blk.mlp.down_proj, self._act, slots[3])
-        ops.add_rms_norm(prev, m.model.norm.weight, eps, self._normed, self._residual)
+        ops.add_rms_norm(prev, m.model.norm.weight, eps, self._normed, self._residual, pdl=self.pdl)
         self._logits.copy_(m.lm_head(self._normed))
 
-    def _capture(self) -> None:
+    def _capture(self, splits: int) -> torch.cuda.CUDAGraph:
         """Run the step once (compiling its kernels), then capture it in a CUDA graph. Capturing
         runs nothing; the replay that follows computes this position again."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
-            self._step()
+            self._step(splits)
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g), torch.inference_mode():
-            self._step()
-        self._graph = g
-        log.info("decode step captured in a CUDA graph")
+            self._step(splits)
+        log.info("decode step captured in a CUDA graph (%d attention split%s)", splits, "s" if splits > 1 else "")
+        return g
 
 
 def _has_triton() -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,8 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
     folder = Path(folder)
     device = torch.device(device)
     settings = settings or KernelSettings()
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0):
+        settings = replace(settings, pdl=True)  # programmatic dependent launch: sm_90 and newer
     if not (folder / MANIFEST).exists():
         raise EdgeAwqError(f"{folder}: no {MANIFEST}; make a shard folder with `edge-awq split`")
     m = read_manifest(folder)

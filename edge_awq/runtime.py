@@ -39,6 +39,7 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype
     open_seconds: float  # tokenizer + planning + loading + engine
+    phases: dict[str, float]  # seconds of each, and of importing torch before (``import``)
 
 
 def pick_device(device: str | None, profile: Profile | None) -> torch.device:
@@ -80,9 +81,14 @@ def open_runtime(folder: Path, profile_name: str | None = None, device: str | No
     staging = (profile.staging_mb << 20) if dev.type == "cuda" else 0
     plan = plan_memory(fp, profile, ctx, total, source, memory_budget, staging)
     log.info("%s", plan.summary())
+    t1 = time.perf_counter()
+    # (in a thread beside the load, the tokenizer's Python imports hold the GIL and slow the load)
     tokenizer = load_tokenizer(folder)
+    t2 = time.perf_counter()
     loaded = load_shards(folder, dev, dtype, profile.kernel_settings(), staging or (64 << 20), progress)
+    t3 = time.perf_counter()
     engine = Engine(loaded, ctx, dtype, cuda_graphs=cuda_graphs and profile.cuda_graphs)
     eos = eos_ids(folder, loaded.model, tokenizer)
-    return Runtime(engine, tokenizer, eos, profile, reason, plan, loaded.report, dev, dtype,
-                   time.perf_counter() - t0)
+    t4 = time.perf_counter()
+    phases = {"device and plan": t1 - t0, "tokenizer": t2 - t1, "load": t3 - t2, "engine": t4 - t3}
+    return Runtime(engine, tokenizer, eos, profile, reason, plan, loaded.report, dev, dtype, t4 - t0, phases)

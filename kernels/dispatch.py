@@ -61,6 +61,7 @@ class KernelSettings:
     dot_stages: int = 3
     dot_programs_per_sm: int = 4
     prefill_chunk_n: int = 0  # 0: dequantize the whole layer before the matmul
+    pdl: bool = False  # one-row kernels launch as programmatic dependents (sm_90+; set by the runtime)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -189,7 +190,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k_wide if wide else s.row_chunk_k,
                             num_warps=s.row_warps_wide if wide else s.row_warps, h2=s.row_h2, out=out,
-                            accumulate=acc is not None)
+                            accumulate=acc is not None, pdl=s.pdl)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
             y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,

@@ -156,7 +156,7 @@ def _half_pairs(lo, hi):
 @triton.jit
 def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
                      GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr, H2: tl.constexpr,
-                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
@@ -164,7 +164,9 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     a program keeps BLOCK_N·CHUNK_K/2 bytes in flight and a few resident programs per SM cover the
     DRAM latency. H2 False: fp32 FMAs on ``_offset_code`` floats (4 shifts, 8 LOP3, 8 FFMA per word).
     H2 True: half2 products (``_dot8_h2``, 16 instructions per word), x scaled by a power of two
-    per program so that its largest value is 2^10 (exact, and no product or partial sum overflows)."""
+    per program so that its largest value is 2^10 (exact, and no product or partial sum overflows).
+    PDL (programmatic dependent launch, sm_90): the weights, which no earlier kernel writes, are
+    loaded before waiting for the previous kernel to finish, so their stream starts under its tail."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     WG: tl.constexpr = GROUP // 8
@@ -176,6 +178,14 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     offs_j = g[:, None] * WG + tl.arange(0, WG)[None, :]  # (GROUPS, WG) word index along the row
     w = tl.load(qk_ptr + offs_n[:, None, None] * k8 + offs_j[None, :, :],
                 mask=mask_n[:, None, None] & mask_g[:, None][None, :, :], other=0, eviction_policy="evict_first")
+    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
+    mask = mask_n[:, None] & mask_g[None, :]
+    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask, other=0)
+    z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)  # (BN, GROUPS)
+    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask, other=0.0).to(tl.float32)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
+        tl.extra.cuda.gdc_launch_dependents()
     xp = x_ptr + offs_j * 8
     mask_x = mask_g[:, None]
     x0 = tl.load(xp + 0, mask=mask_x, other=0.0).to(tl.float32)
@@ -186,11 +196,6 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     x5 = tl.load(xp + 5, mask=mask_x, other=0.0).to(tl.float32)
     x6 = tl.load(xp + 6, mask=mask_x, other=0.0).to(tl.float32)
     x7 = tl.load(xp + 7, mask=mask_x, other=0.0).to(tl.float32)
-    zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
-    mask = mask_n[:, None] & mask_g[None, :]
-    zw = tl.load(qz_ptr + g[None, :] * (N // 8) + (offs_n // 8)[:, None], mask=mask, other=0)
-    z = ((zw >> zshift[:, None]) & 0xF).to(tl.float32)  # (BN, GROUPS)
-    s = tl.load(s_ptr + g[None, :] * N + offs_n[:, None], mask=mask, other=0.0).to(tl.float32)
     if H2:
         amax = tl.max(tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)),
                                                    tl.maximum(tl.abs(x2), tl.abs(x3))),
@@ -350,14 +355,15 @@ def _split_grid(n: int, k: int, block_n: int, block_k: int, split_k: int | None,
 def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
-             max_registers: int | None = None, out: torch.Tensor | None = None, accumulate: bool = False
-             ) -> torch.Tensor:
+             max_registers: int | None = None, out: torch.Tensor | None = None, accumulate: bool = False,
+             pdl: bool = False) -> torch.Tensor:
     """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
     meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
     ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel);
     ``max_registers`` caps registers per thread (more resident warps, maybe spills). ``accumulate``:
     ``out`` is a zeroed fp32 (1, N) that the K-splits add into directly (no workspace, no arrival
-    count; whoever reads it zeroes it for the next call)."""
+    count; whoever reads it zeroes it for the next call). ``pdl``: launch as a programmatic dependent
+    of the previous kernel (sm_90+; see the kernel)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
@@ -367,9 +373,9 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     _gemv_row_kernel[(tiles, split_k)](
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
         split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
-        SPLIT=2 if accumulate else int(split_k > 1), HAS_BIAS=bias is not None, ASM=not _interpreted(),
+        SPLIT=2 if accumulate else int(split_k > 1), HAS_BIAS=bias is not None, ASM=not _interpreted(), PDL=pdl,
         **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1,
-        **({} if max_registers is None else {"maxnreg": max_registers}))
+        **({} if max_registers is None else {"maxnreg": max_registers}), **({"launch_pdl": True} if pdl else {}))
     return y
 
 

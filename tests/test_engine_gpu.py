@@ -25,12 +25,13 @@ def shards(request, tmp_path_factory):
     return root / "s"
 
 
-@pytest.mark.parametrize("graphs", [True, False])
-def test_fused_decode_matches_eager(shards, graphs):
+@pytest.mark.parametrize("graphs,prompt_len", [(True, 37), (False, 37), (True, 250)])
+def test_fused_decode_matches_eager(shards, graphs, prompt_len):
+    """250 + 20 tokens cross from the one-split attention graph to the split one."""
     torch.manual_seed(0)
-    prompt = torch.randint(0, 49152, (37,)).tolist()
-    fast = Engine(load_shards(shards, "cuda", torch.float16), 256, torch.float16, cuda_graphs=graphs)
-    eager = Engine(load_shards(shards, "cuda", torch.float16), 256, torch.float16)
+    prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
+    fast = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16, cuda_graphs=graphs)
+    eager = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16)
     eager.fast = eager.use_graph = False
     assert fast.fast and fast.use_graph == graphs
     a, b = fast.prefill(prompt), eager.prefill(prompt)
@@ -39,11 +40,12 @@ def test_fused_decode_matches_eager(shards, graphs):
         a, b = fast.decode(tok), eager.decode(tok)
         rel = ((a - b).norm() / b.norm()).item()
         assert rel < 2e-2, rel  # fp16 activations, fp32 residual on the fast path
-    assert fast.length == eager.length == 57
+    n = prompt_len + 20
+    assert fast.length == eager.length == n
     # the caches hold the same keys and values
     for i in range(len(fast.cache.k)):
-        k_rel = ((fast.cache.k[i][:, :, :57].float() - eager.cache.k[i][:, :, :57].float()).norm()
-                 / eager.cache.k[i][:, :, :57].float().norm()).item()
+        k_rel = ((fast.cache.k[i][:, :, :n].float() - eager.cache.k[i][:, :, :n].float()).norm()
+                 / eager.cache.k[i][:, :, :n].float().norm()).item()
         assert k_rel < 2e-2
 
 

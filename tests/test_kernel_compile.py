@@ -17,19 +17,21 @@ else:
     from edge_awq.kernels import triton_w4a16 as tw
 
 
-def kernels():
-    """name → (kernel, signature, constexprs, warps): one configuration of each, as launched."""
+def kernels(pdl: bool):
+    """name → (kernel, signature, constexprs, warps): one configuration of each, as launched;
+    ``pdl``: programmatic dependent launch (sm_90 only)."""
     SHIFTS = {f"S{j}": tw._SHIFTS[j] for j in range(8)}
     W = {"x_ptr": "*fp16", "qk_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16",
          "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     return {
         "row-h2": (tw._gemv_row_kernel, {**W, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32",
                                          "m16": "i32"},
-                   dict(GROUP=128, BLOCK_N=32, CHUNK_K=256, H2=True, SPLIT=2, HAS_BIAS=True, ASM=True, **SHIFTS), 1),
+                   dict(GROUP=128, BLOCK_N=32, CHUNK_K=256, H2=True, SPLIT=2, HAS_BIAS=True, ASM=True, PDL=pdl,
+                        **SHIFTS), 1),
         "row-f32": (tw._gemv_row_kernel, {**W, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32",
                                           "m16": "i32"},
                     dict(GROUP=64, BLOCK_N=64, CHUNK_K=512, H2=False, SPLIT=1, HAS_BIAS=False, ASM=True,
-                         **SHIFTS), 2),
+                         PDL=False, **SHIFTS), 2),
         "dot-fp16": (tw._gemv_dot_kernel, {**W, "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32",
                                            "stride_ym": "i32", "groups_per_split": "i32", "split_k": "i32",
                                            "magic": "i32"},
@@ -43,18 +45,19 @@ def kernels():
                     dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, ASM=True, **SHIFTS), 4),
         "add_rms_norm": (ops._add_rms_norm_kernel, {"x_ptr": "*fp32", "res_ptr": "*fp32", "w_ptr": "*fp16",
                                                     "y_ptr": "*fp16", "N": "i32", "eps": "fp32"},
-                         dict(HAS_RES=True, BLOCK=4096), 4),
+                         dict(HAS_RES=True, BLOCK=4096, PDL=pdl), 4),
         "rope_kv": (ops._rope_kv_kernel, {"qkv_ptr": "*fp32", "inv_ptr": "*fp32", "pos_ptr": "*i64", "q_ptr": "*fp16",
                                           "k_ptr": "*fp16", "v_ptr": "*fp16", "stride_kh": "i32", "stride_kt": "i32",
                                           "H": "i32", "HKV": "i32"},
-                    dict(D=128), 1),
+                    dict(D=128, PDL=pdl), 1),
         "attn_split": (ops._attn_split_kernel, {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "len_ptr": "*i64",
                                                 "o_ptr": "*fp32", "ml_ptr": "*fp32", "scale": "fp32",
                                                 "stride_kh": "i32", "stride_kt": "i32", "H": "i32", "SPLITS": "i32"},
-                       dict(REP=4, REP_P=16, D=128, BLOCK_T=64), 4),
+                       dict(REP=4, REP_P=16, D=128, BLOCK_T=64, PDL=pdl, DIRECT=False), 4),
         "attn_combine": (ops._attn_combine_kernel, {"o_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp16"},
-                         dict(SPLITS=16, D=128), 1),
-        "silu_mul": (ops._silu_mul_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp16", "N": "i32"}, dict(BLOCK=1024), 4),
+                         dict(SPLITS=16, D=128, PDL=pdl), 1),
+        "silu_mul": (ops._silu_mul_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp16", "N": "i32"},
+                     dict(BLOCK=1024, PDL=pdl), 4),
     }
 
 
@@ -63,7 +66,7 @@ def compile_all(arch: int) -> list[str]:
     from triton.compiler import ASTSource, compile
 
     done = []
-    for name, (fn, sig, const, warps) in sorted(kernels().items()):
+    for name, (fn, sig, const, warps) in sorted(kernels(arch >= 90).items()):
         src = ASTSource(fn, {**sig, **{k: "constexpr" for k in const}}, const)
         k = compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 2})
         assert k.asm["cubin"], name  # ptxas produced machine code

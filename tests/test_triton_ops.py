@@ -54,7 +54,8 @@ def test_rope_kv_writes_the_cache_at_the_device_position(heads, kv_heads, d, pos
 
 
 @pytest.mark.parametrize("heads,kv_heads,d,length,splits", [(9, 3, 64, 1, 4), (4, 4, 128, 300, 8),
-                                                             (28, 4, 128, 77, 16), (8, 2, 64, 1000, 2)])
+                                                             (28, 4, 128, 77, 16), (8, 2, 64, 1000, 2),
+                                                             (8, 2, 64, 200, 1)])
 def test_decode_attention(heads, kv_heads, d, length, splits):
     q = torch.randn(heads * d, generator=_g(length)).half().to(DEVICE)
     k = torch.randn(1, kv_heads, 1024, d, generator=_g(length + 1)).half().to(DEVICE)

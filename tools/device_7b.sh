@@ -24,6 +24,8 @@ if [ "$1" = build ]; then
   exit 0
 fi
 cp $REPO/.device/smB/* $W/sm/
+(cd $REPO && pytest -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_triton_ops.py > $OUT/pytest.log 2>&1; \
+  tail -2 $OUT/pytest.log)
 ea verify $W/sm | tail -1
 python3 $REPO/tools/parity_gpu.py $W/sm --tokens 64 2>&1 | grep -v Warn | tee $OUT/parity.txt
 printf 'What is the capital of France?\nAnd of Italy?\nAnd of Spain?\n' | ea chat $W/sm --temperature 0 \
