@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .engine import SHORT_CONTEXT
 from .footprint import Footprint
 from .generate import SamplingParams
 from .runtime import Runtime
@@ -62,9 +63,11 @@ def run_bench(rt: Runtime, fp: Footprint, prompt_lengths: list[int], new_tokens:
     gen = torch.Generator().manual_seed(seed)
     kv_value = torch.finfo(rt.dtype).bits // 8
     rows = []
-    engine.reset()  # warm-up: compile kernels and capture the graph outside the timings
-    list(engine.generate(torch.randint(0, fp.vocab_size, (8,), generator=gen).tolist(),
-                         SamplingParams(max_new_tokens=4), set()))
+    for n in (8, SHORT_CONTEXT + 8):  # warm-up: compile kernels and capture the graphs outside the timings
+        if n + 4 <= engine.max_context:
+            engine.reset()
+            list(engine.generate(torch.randint(0, fp.vocab_size, (n,), generator=gen).tolist(),
+                                 SamplingParams(max_new_tokens=4), set()))
     for p in prompt_lengths:
         for g in new_tokens:
             if p + g > engine.max_context:

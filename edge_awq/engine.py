@@ -2,7 +2,8 @@
 
 Prefill runs the shared model definition (``model.py``) over the new tokens. Decode on a CUDA GPU
 with Triton is one token through fused kernels — per layer: add+RMSNorm, the fused q/k/v linear,
-RoPE + KV write, flash-decoding attention, o, add+RMSNorm, gate/up, silu·mul, down — captured
+RoPE + KV write, flash-decoding attention, o, add+RMSNorm, gate/up, down (silu·mul fused into
+its input) — launched as programmatic dependents of each other on sm_90, captured
 once in a CUDA graph and replayed at every position: the token, position and length live in
 device buffers, and every quantized linear adds its K-splits into its own slot of one fp32 arena
 that the graph zeroes first. Elsewhere (CPU, or CUDA without Triton) decode runs the same model
@@ -206,8 +207,10 @@ class Engine:
             o = self._linear(a.o_proj, self._attn, slots[1])
             ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])
-            ops.silu_mul(gu, self._act, pdl=self.pdl)
-            prev = self._linear(blk.mlp.down_proj, self._act, slots[3])
+            if isinstance(blk.mlp.down_proj, QuantLinear):  # silu(gate)·up as the down kernel loads it
+                prev = blk.mlp.down_proj(gu, accumulate_into=slots[3], gated=True)
+            else:
+                prev = blk.mlp.down_proj(ops.silu_mul(gu, self._act, pdl=self.pdl))
         ops.add_rms_norm(prev, m.model.norm.weight, eps, self._normed, self._residual, pdl=self.pdl)
         self._logits.copy_(m.lm_head(self._normed))
 

@@ -58,9 +58,11 @@ class LoadedModel:
 
 def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
                 settings: KernelSettings | None = None, staging_bytes: int = 64 << 20,
-                progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
+                progress: Callable[[int, int, str], None] | None = None, unified_memory: bool = False
+                ) -> LoadedModel:
     """A shard folder (``edge-awq split``) as a ready-to-run model on ``device``, activations in
-    ``dtype``. Raises on the first shard that fails its checks, before any of its bytes are used."""
+    ``dtype``. Raises on the first shard that fails its checks, before any of its bytes are used.
+    ``unified_memory`` (Jetson): drop each file's page cache once read — it takes the same DRAM."""
     folder = Path(folder)
     device = torch.device(device)
     settings = settings or KernelSettings()
@@ -93,7 +95,7 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
         entry = m.part(role, layer)
         if progress:
             progress(done, total, entry.name)
-        tensors = read_shard(folder, entry, device, staging)
+        tensors = read_shard(folder, entry, device, staging, drop_cache=unified_memory)
         done += 1
         return ShardTensors(folder / entry.name, tensors)
 

@@ -17,10 +17,11 @@ import torch
 from .engine import Engine
 from .errors import EdgeAwqError
 from .footprint import describe
-from .generate import eos_ids, load_tokenizer
+from .generate import eos_ids
 from .loader import LoadReport, load_shards
 from .plan import MemoryPlan, plan_memory
 from .profiles import Profile, detect_profile, load_profile
+from .tokenizer import load_runtime_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,10 @@ def open_runtime(folder: Path, profile_name: str | None = None, device: str | No
     plan = plan_memory(fp, profile, ctx, total, source, memory_budget, staging)
     log.info("%s", plan.summary())
     t1 = time.perf_counter()
-    # (in a thread beside the load, the tokenizer's Python imports hold the GIL and slow the load)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_runtime_tokenizer(folder)
     t2 = time.perf_counter()
-    loaded = load_shards(folder, dev, dtype, profile.kernel_settings(), staging or (64 << 20), progress)
+    loaded = load_shards(folder, dev, dtype, profile.kernel_settings(), staging or (64 << 20), progress,
+                         unified_memory=profile.unified_memory and dev.type == "cuda")
     t3 = time.perf_counter()
     engine = Engine(loaded, ctx, dtype, cuda_graphs=cuda_graphs and profile.cuda_graphs)
     eos = eos_ids(folder, loaded.model, tokenizer)

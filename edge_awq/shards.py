@@ -315,11 +315,11 @@ def _drop_page_cache(f) -> None:
 
 
 def read_shard(folder: Path, entry: ShardFile, device: torch.device | str = "cpu",
-               staging: Staging | None = None) -> dict[str, torch.Tensor]:
+               staging: Staging | None = None, drop_cache: bool = False) -> dict[str, torch.Tensor]:
     """Read one shard's tensors onto ``device``, checking size, header and sha256 in the same single
     pass: on the CPU straight into each tensor, on a GPU through ``staging`` into each tensor's final
     allocation. Raises before returning if any check fails, so a corrupt file's tensors are never
-    used; the file's page cache is dropped behind it."""
+    used. ``drop_cache``: drop the file's page cache behind it (unified memory)."""
     path = Path(folder) / entry.name
     device = torch.device(device)
     try:
@@ -366,7 +366,8 @@ def read_shard(folder: Path, entry: ShardFile, device: torch.device | str = "cpu
             pos = spec["offset"] + spec["bytes"]
         while rest := f.read(CHUNK):
             h.update(rest)
-        _drop_page_cache(f)
+        if drop_cache:
+            _drop_page_cache(f)
     if staging is not None:
         staging.finish()
     if h.hexdigest() != entry.sha256:

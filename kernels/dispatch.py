@@ -127,16 +127,25 @@ def select_backend(device: torch.device, settings: KernelSettings) -> tuple[str,
 
 
 def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings = KernelSettings(),
-                 scratch: Scratch | None = None, accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
+                 scratch: Scratch | None = None, accumulate_into: torch.Tensor | None = None,
+                 gated: bool = False) -> torch.Tensor:
     """x (..., K) fp16/bf16/fp32 → (..., N) in x's dtype.
+
+    ``gated``: x is (..., 2K) [gate | up] and the input is silu(gate)·up (an MLP's down
+    projection); the one-row Triton kernel computes it as it loads x, other paths first.
 
     ``accumulate_into``: a zeroed fp32 (rows, N) that decode kernels add their K-splits into (no
     arrival count: see ``gemv_row``); it is returned. The caller zeroes it before the next call.
     Paths that cannot accumulate write it instead."""
     backend, reason = select_backend(x.device, settings)
     _announce(backend, reason)
+    rows = x.numel() // x.shape[-1]
+    if gated and not (backend == "triton" and rows == 1 and settings.row_kernel == "row"):
+        gate, up = x.chunk(2, dim=-1)
+        x, gated = (torch.nn.functional.silu(gate.float()) * up.float()).to(x.dtype), False
+    if gated:
+        return _triton_linear(x, layer, settings, scratch, accumulate_into, gated=True)
     if accumulate_into is not None:
-        rows = x.numel() // x.shape[-1]
         if backend == "triton" and rows <= settings.decode_max_m:
             return _triton_linear(x, layer, settings, scratch, accumulate_into)
         accumulate_into.copy_(w4a16_linear(x, layer, settings, scratch).reshape(accumulate_into.shape))
@@ -169,7 +178,7 @@ class _GemmView:
 
 
 def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scratch: Scratch | None,
-                   acc: torch.Tensor | None = None) -> torch.Tensor:
+                   acc: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     tw = _triton_module()
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
@@ -190,7 +199,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k_wide if wide else s.row_chunk_k,
                             num_warps=s.row_warps_wide if wide else s.row_warps, h2=s.row_h2, out=out,
-                            accumulate=acc is not None, pdl=s.pdl)
+                            accumulate=acc is not None, pdl=s.pdl, gated=gated)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
             y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,

@@ -75,8 +75,9 @@ class QuantLinear(nn.Module):
         fused.kernel_settings, fused.scratch = first.kernel_settings, first.scratch
         return fused
 
-    def forward(self, x: torch.Tensor, accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
-        return w4a16_linear(x, self, self.kernel_settings, self.scratch, accumulate_into)
+    def forward(self, x: torch.Tensor, accumulate_into: torch.Tensor | None = None, gated: bool = False
+                ) -> torch.Tensor:
+        return w4a16_linear(x, self, self.kernel_settings, self.scratch, accumulate_into, gated)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}"

@@ -154,9 +154,19 @@ def _half_pairs(lo, hi):
 
 
 @triton.jit
+def _x_at(ptr, mask, K, GATED: tl.constexpr):
+    """Input values at ``ptr`` as fp32: x itself, or silu(gate)·up with up K values further on."""
+    g = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    if GATED:
+        return g / (1.0 + tl.exp(-g)) * tl.load(ptr + K, mask=mask, other=0.0).to(tl.float32)
+    return g
+
+
+@triton.jit
 def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
                      GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr, H2: tl.constexpr,
                      SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
+                     GATED: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
@@ -166,7 +176,9 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     H2 True: half2 products (``_dot8_h2``, 16 instructions per word), x scaled by a power of two
     per program so that its largest value is 2^10 (exact, and no product or partial sum overflows).
     PDL (programmatic dependent launch, sm_90): the weights, which no earlier kernel writes, are
-    loaded before waiting for the previous kernel to finish, so their stream starts under its tail."""
+    loaded before waiting for the previous kernel to finish, so their stream starts under its tail.
+    GATED: x is [gate | up] (2K values) and the input is silu(gate)·up, computed as it is loaded
+    (an MLP's down projection without a separate activation kernel)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     WG: tl.constexpr = GROUP // 8
@@ -188,14 +200,14 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
         tl.extra.cuda.gdc_launch_dependents()
     xp = x_ptr + offs_j * 8
     mask_x = mask_g[:, None]
-    x0 = tl.load(xp + 0, mask=mask_x, other=0.0).to(tl.float32)
-    x1 = tl.load(xp + 1, mask=mask_x, other=0.0).to(tl.float32)
-    x2 = tl.load(xp + 2, mask=mask_x, other=0.0).to(tl.float32)
-    x3 = tl.load(xp + 3, mask=mask_x, other=0.0).to(tl.float32)
-    x4 = tl.load(xp + 4, mask=mask_x, other=0.0).to(tl.float32)
-    x5 = tl.load(xp + 5, mask=mask_x, other=0.0).to(tl.float32)
-    x6 = tl.load(xp + 6, mask=mask_x, other=0.0).to(tl.float32)
-    x7 = tl.load(xp + 7, mask=mask_x, other=0.0).to(tl.float32)
+    x0 = _x_at(xp + 0, mask_x, K, GATED)
+    x1 = _x_at(xp + 1, mask_x, K, GATED)
+    x2 = _x_at(xp + 2, mask_x, K, GATED)
+    x3 = _x_at(xp + 3, mask_x, K, GATED)
+    x4 = _x_at(xp + 4, mask_x, K, GATED)
+    x5 = _x_at(xp + 5, mask_x, K, GATED)
+    x6 = _x_at(xp + 6, mask_x, K, GATED)
+    x7 = _x_at(xp + 7, mask_x, K, GATED)
     if H2:
         amax = tl.max(tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)),
                                                    tl.maximum(tl.abs(x2), tl.abs(x3))),
@@ -356,15 +368,16 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
              max_registers: int | None = None, out: torch.Tensor | None = None, accumulate: bool = False,
-             pdl: bool = False) -> torch.Tensor:
+             pdl: bool = False, gated: bool = False) -> torch.Tensor:
     """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
     meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
     ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel);
     ``max_registers`` caps registers per thread (more resident warps, maybe spills). ``accumulate``:
     ``out`` is a zeroed fp32 (1, N) that the K-splits add into directly (no workspace, no arrival
     count; whoever reads it zeroes it for the next call). ``pdl``: launch as a programmatic dependent
-    of the previous kernel (sm_90+; see the kernel)."""
-    m, k = x.shape
+    of the previous kernel (sm_90+; see the kernel). ``gated``: x is (1, 2K) [gate | up] and the
+    input is silu(gate)·up."""
+    m, k = x.shape[0], x.shape[1] // (2 if gated else 1)
     n = scales.shape[1]
     assert m == 1 and x.stride(1) == 1 and qweight_k.shape == (n, k // 8)
     chunk_k = -(-chunk_k // group_size) * group_size
@@ -374,6 +387,7 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
         split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
         SPLIT=2 if accumulate else int(split_k > 1), HAS_BIAS=bias is not None, ASM=not _interpreted(), PDL=pdl,
+        GATED=gated,
         **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1,
         **({} if max_registers is None else {"maxnreg": max_registers}), **({"launch_pdl": True} if pdl else {}))
     return y

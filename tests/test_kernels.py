@@ -114,6 +114,23 @@ def test_accumulate_into_zeroed_fp32_output(m):
     assert not scratch.workspace.any() and not scratch.counters.any()  # untouched
 
 
+@pytest.mark.parametrize("h2", [False, True])
+def test_gated_input_is_silu_gate_times_up(h2):
+    """The down projection's kernel computes silu(gate)·up from [gate | up] as it loads x."""
+    k, n, group = 512, 72, 64
+    lin = _layer(k, n, group, 41, bias=False)
+    gate_up = torch.randn(1, 2 * k, generator=torch.Generator().manual_seed(42)).to(DEVICE) * 3
+    x = torch.nn.functional.silu(gate_up[:, :k].double()) * gate_up[:, k:].double()
+    ref = w4a16_linear_reference(x, lin.qweight, lin.qzeros, lin.scales, None, group)
+    scratch = Scratch(DEVICE, n, 16)
+    y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+    tw.gemv_row(gate_up, to_kmajor(lin.qweight), lin.qzeros, lin.scales, None, group, scratch.workspace,
+                scratch.counters, block_n=32, chunk_k=128, h2=h2, out=y, accumulate=True, gated=True)
+    assert _rel(y, ref) < 2e-3
+    lin.prepare(KernelSettings())  # and through the dispatch, on any device (other paths apply silu first)
+    assert _rel(lin(gate_up, gated=True), ref) < 2e-3
+
+
 @pytest.mark.parametrize("peak", [6e4, 3e3, 1e-2])
 def test_row_kernel_half2_keeps_extreme_activations(peak):
     """Half2 products scale x per program: an fp16 activation near its limit (or a row of tiny

@@ -168,3 +168,20 @@ def test_bench_reports_json(shards, tmp_path):
         assert row["decode_tokens_per_s"] > 0 and 0 < row["roofline_fraction"]
         assert row["bytes_per_token"] > describe(shards).embed_bytes  # the tied head reads the table
     assert data["load"]["peak_rss_bytes"] > 0 and "| prompt |" in r.stdout
+
+
+def test_fast_tokenizer_matches_transformers(smollm2):
+    from edge_awq.tokenizer import FastTokenizer
+    ours, theirs = FastTokenizer(smollm2), load_tokenizer(smollm2)
+    convs = [[{"role": "user", "content": "Hello"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+              {"role": "assistant", "content": "Hello — how can I help?"}, {"role": "user", "content": "naïve 東京?"}]]
+    for msgs in convs:
+        for gen in (True, False):
+            assert ours.apply_chat_template(msgs, add_generation_prompt=gen) == list(theirs.apply_chat_template(
+                msgs, add_generation_prompt=gen, tokenize=True, return_dict=False))
+    text = "The three most important inventions — naïve café, 東京!"
+    assert ours.encode(text) == theirs.encode(text)
+    ids = ours.encode(text)
+    assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+    assert ours.eos_token_id == theirs.eos_token_id
