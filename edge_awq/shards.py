@@ -253,55 +253,39 @@ def _read_exact(f, view: memoryview, path: Path, h: Any) -> None:
 
 class Staging:
     """Bounded pinned host memory that file bytes pass through on their way to a GPU: two halves,
-    so reading the next piece overlaps hashing (on a worker thread: sha256 releases the GIL) and
-    the copy of the last. The whole file is never in host memory; the staging size bounds what
-    loading adds to the process's RSS."""
+    so reading (and hashing) the next piece overlaps the copy of the last. The whole file is never
+    in host memory; the staging size bounds what loading adds to the process's RSS. (Hashing on a
+    worker thread instead measured slower on the H100 machine: 12 s against 6.3 s for 3.9 GB.)"""
 
     def __init__(self, nbytes: int, device: torch.device):
-        from concurrent.futures import ThreadPoolExecutor
-
         half = max(1 << 20, nbytes // 2)
         self.bufs = [torch.empty(half, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         self.views = [memoryview(b.numpy()) for b in self.bufs]
         self.done = [torch.cuda.Event() for _ in range(2)]
-        self.hashed: list[Any] = [None, None]
-        self.hasher = ThreadPoolExecutor(1, thread_name_prefix="sha256")  # one: updates stay in order
         self.device, self.turn = device, 0
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() for b in self.bufs)
 
-    def _free(self, i: int) -> None:
-        """Wait until half ``i`` is hashed and copied out."""
-        if self.hashed[i] is not None:
-            self.hashed[i].result()
-            self.hashed[i] = None
-        self.done[i].synchronize()
-
     def copy_in(self, f, dst: torch.Tensor, path: Path, h: Any) -> None:
-        """Read ``dst.numel()`` bytes from ``f`` into the device tensor ``dst`` (uint8, flat),
-        feeding them to ``h`` in order; returns with every byte hashed."""
+        """Read ``dst.numel()`` bytes from ``f`` into the device tensor ``dst`` (uint8, flat)."""
         n = dst.numel()
         for lo in range(0, n, self.bufs[0].numel()):
             i = self.turn
             self.turn ^= 1
-            self._free(i)
+            self.done[i].synchronize()  # the copy out of this half has finished
             m = min(self.bufs[i].numel(), n - lo)
             view = self.views[i][:m]
             if f.readinto(view) != m:
                 raise EdgeAwqError(f"{path}: truncated (shorter than its manifest entry)")
-            self.hashed[i] = self.hasher.submit(h.update, view)
+            h.update(view)
             dst[lo:lo + m].copy_(self.bufs[i][:m], non_blocking=True)
             self.done[i].record()
-        for i in (self.turn, self.turn ^ 1):  # the caller hashes what follows itself
-            if self.hashed[i] is not None:
-                self.hashed[i].result()
-                self.hashed[i] = None
 
     def finish(self) -> None:
-        for i in range(2):
-            self._free(i)
+        for e in self.done:
+            e.synchronize()
 
 
 def _drop_page_cache(f) -> None:

@@ -23,6 +23,14 @@ if [ "$1" = build ]; then
   du -sh $W/*
   exit 0
 fi
+if [ "$1" = quick ]; then  # cold start and the 4-bit bench only
+  export TRITON_CACHE_DIR=/tmp/triton-cold; rm -rf $TRITON_CACHE_DIR
+  python3 $REPO/tools/cold_start.py $W/s4 > $OUT/cold.txt 2>$OUT/cold_err.txt
+  python3 $REPO/tools/cold_start.py $W/s4 > $OUT/warm.txt 2>$OUT/warm_err.txt
+  ea bench $W/s4 --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench4.json > $OUT/bench4.txt 2>&1
+  cat $OUT/cold.txt $OUT/warm.txt; grep -E "^(loaded|memory)|^\|" $OUT/bench4.txt; grep -E "loaded in" $OUT/warm_err.txt
+  exit 0
+fi
 cp $REPO/.device/smB/* $W/sm/
 (cd $REPO && pytest -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_triton_ops.py > $OUT/pytest.log 2>&1; \
   tail -2 $OUT/pytest.log)
