@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .shards import MANIFEST, ShardTensors, Staging, check_config, read_manifest
 log = logging.getLogger(__name__)
 
 PREFILL_SCRATCH_BYTES = 64 << 20  # prefill dequantizes at most this much of a layer at a time
+WORKERS = 4  # shards streaming at once on a GPU
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
     t0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    staging = Staging(staging_bytes, device) if device.type == "cuda" else None
+    # Up to WORKERS shards stream at once, each through its own share of the staging: sha256 runs at
+    # well under 1 GB/s on one core, so the hashing is spread over several (it releases the GIL).
+    workers = WORKERS if device.type == "cuda" else 1
+    stagings = [Staging(staging_bytes // workers, device) for _ in range(workers)] if device.type == "cuda" else []
     backend, _ = select_backend(device, settings)
     scratch = None
     if qcfg is not None and backend == "triton":
@@ -89,14 +94,36 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
         widest = max(2 * i, h, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim)
         scratch = Scratch(device, widest, dequant_elems=PREFILL_SCRATCH_BYTES // dtype.itemsize, dtype=dtype)
     done, total = 0, len(m.files)
+    order = [(f.role, f.layer) for f in m.files]
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="shard")
+    free = list(stagings)
+    jobs: dict[tuple[str, int | None], Future] = {}
+
+    def start(key) -> None:
+        entry = m.part(*key)
+        st = free.pop() if free else None
+
+        def job():
+            try:
+                return read_shard(folder, entry, device, st, drop_cache=unified_memory)
+            finally:
+                if st is not None:
+                    free.append(st)
+        jobs[key] = pool.submit(job)
 
     def part(role: str, layer: int | None) -> ShardTensors:
         nonlocal done
+        key = (role, layer)
         entry = m.part(role, layer)
         if progress:
             progress(done, total, entry.name)
-        tensors = read_shard(folder, entry, device, staging, drop_cache=unified_memory)
+        if key not in jobs:
+            start(key)
+        tensors = jobs.pop(key).result()  # raises the shard's error, if any
         done += 1
+        nxt = [k for k in order[order.index(key) + 1:] if k not in jobs][: max(0, workers - len(jobs))]
+        for k in nxt:  # keep the next shards streaming
+            start(k)
         return ShardTensors(folder / entry.name, tensors)
 
     def ready(block: Block) -> None:  # per layer, so the device holds one layer's repacking at a time
@@ -106,12 +133,17 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
             if isinstance(mod, QuantLinear):
                 mod.prepare(settings, scratch)
 
-    model = assemble(cfg, qcfg, dtype, part, ready)
+    for key in order[:workers]:
+        start(key)
+    try:
+        model = assemble(cfg, qcfg, dtype, part, ready)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     model.inv_freq = model.inv_freq.to(device)
     if progress:
         progress(total, total, "done")
-    staging_nbytes = staging.nbytes if staging is not None else 0
-    staging = None  # the pinned buffers go back before the first token
+    staging_nbytes = sum(st.nbytes for st in stagings)
+    stagings = free = []  # the pinned buffers go back before the first token
     on_gpu = device.type == "cuda"
     report = LoadReport(
         seconds=time.perf_counter() - t0, files=total, bytes_read=sum(f.bytes for f in m.files),
