@@ -210,16 +210,27 @@ def inspect(path, context, as_json):
     _run(go)
 
 
+def _sampling_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float):
+    """--max-new-tokens, --temperature, --top-k, --top-p, --repetition-penalty, --seed, with these defaults."""
+    def deco(f):
+        for opt in reversed([
+            click.option("--max-new-tokens", type=int, default=max_new_tokens, show_default=True),
+            click.option("--temperature", type=float, default=temperature, show_default=True, help="0: greedy."),
+            click.option("--top-k", type=int, default=top_k, show_default=True, help="0: off."),
+            click.option("--top-p", type=float, default=top_p, show_default=True, help="1: off."),
+            click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1: off."),
+            click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output)."),
+        ]):
+            f = opt(f)
+        return f
+    return deco
+
+
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt as one user turn with the model's chat template.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="0: off.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="1: off.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1: off.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
+@_sampling_options(128, 0.0, 0, 1.0)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--ids", is_flag=True, help="Print the generated token ids instead of text.")
 def generate(model_dir, prompt, chat, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
@@ -321,12 +332,7 @@ def _memory_now(rt) -> str:
 @_runtime_options
 @click.option("--system", default=None, help="System prompt.")
 @click.option("--prompt", default=None, help="Ask this one question, print the answer and exit.")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="0: greedy.")
-@click.option("--top-k", type=int, default=40, show_default=True, help="0: off.")
-@click.option("--top-p", type=float, default=0.9, show_default=True, help="1: off.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1: off.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling.")
+@_sampling_options(256, 0.7, 40, 0.9)
 @click.option("--stop", multiple=True, help="Stop the answer at this text (repeatable).")
 def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, system, prompt, max_new_tokens,
          temperature, top_k, top_p, repetition_penalty, seed, stop):

@@ -26,7 +26,7 @@ from .config import ModelConfig, QuantConfig
 from .errors import EdgeAwqError
 from .memory import peak_rss_bytes, rss_bytes
 from .model import Block, CausalLM, assemble
-from .shards import MANIFEST, ShardTensors, Staging, check_config, read_manifest, read_shard
+from .shards import MANIFEST, ShardTensors, Staging, open_folder, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,7 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
         settings = replace(settings, pdl=True)  # programmatic dependent launch: sm_90 and newer
     if not (folder / MANIFEST).exists():
         raise EdgeAwqError(f"{folder}: no {MANIFEST}; make a shard folder with `edge-awq split`")
-    m = read_manifest(folder)
-    check_config(folder, m)
-    source = str(folder / MANIFEST)
-    cfg = ModelConfig.from_dict(m.config, source)
-    qc = m.config.get("quantization_config")
-    qcfg = None if qc is None else QuantConfig.from_hf(qc, source)
-    if m.weight_layout != ("dense" if qcfg is None else "awq-gemm"):
-        raise EdgeAwqError(f"{source}: weight layout {m.weight_layout!r} is not supported by this runtime")
+    m, cfg, qcfg = open_folder(folder)
     t0 = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

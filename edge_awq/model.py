@@ -21,7 +21,7 @@ from edge_awq.kernels.quant_linear import QuantLinear
 from .config import ModelConfig, QuantConfig
 from .errors import EdgeAwqError
 from .families import LINEAR_NAMES
-from .shards import MANIFEST, ShardTensors, check_config, read_manifest, read_shard
+from .shards import MANIFEST, ShardTensors, open_folder, read_shard
 from .weights import WeightReader
 
 
@@ -344,14 +344,7 @@ def load_model(folder: Path, dtype: torch.dtype | None = None) -> CausalLM:
     """
     folder = Path(folder)
     if (folder / MANIFEST).exists():
-        m = read_manifest(folder)
-        check_config(folder, m)
-        source = str(folder / MANIFEST)
-        cfg = ModelConfig.from_dict(m.config, source)
-        qc = m.config.get("quantization_config")
-        qcfg = None if qc is None else QuantConfig.from_hf(qc, source)
-        if m.weight_layout != ("dense" if qcfg is None else "awq-gemm"):
-            raise EdgeAwqError(f"{source}: weight layout {m.weight_layout!r} is not supported by this loader")
+        m, cfg, qcfg = open_folder(folder)
 
         def shard(role: str, layer: int | None) -> ShardTensors:
             entry = m.part(role, layer)

@@ -375,6 +375,23 @@ class ShardTensors:
         return self.tensors[name]
 
 
+def open_folder(folder: Path) -> tuple[Manifest, Any, Any]:
+    """A shard folder's manifest (checked against its config.json) with its model and
+    quantization configs (``ModelConfig``, ``QuantConfig`` or None for a dense model)."""
+    from .config import ModelConfig, QuantConfig
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    check_config(folder, m)
+    source = str(folder / MANIFEST)
+    cfg = ModelConfig.from_dict(m.config, source)
+    qc = m.config.get("quantization_config")
+    qcfg = None if qc is None else QuantConfig.from_hf(qc, source)
+    if m.weight_layout != ("dense" if qcfg is None else "awq-gemm"):
+        raise EdgeAwqError(f"{source}: weight layout {m.weight_layout!r} is not supported by this version")
+    return m, cfg, qcfg
+
+
 def check_config(folder: Path, m: Manifest) -> None:
     problem = _config_problem(Path(folder), m)
     if problem:
