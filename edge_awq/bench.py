@@ -103,6 +103,7 @@ def to_json(rt: Runtime, rows: list[BenchRow], bandwidth: float, bandwidth_sourc
             "load": asdict(r), "ready_seconds": rt.open_seconds,
             "ready_phases": rt.phases, "kv_cache_bytes": rt.engine.kv_bytes(),
             "bandwidth_bytes_per_s": bandwidth, "bandwidth_source": bandwidth_source,
+            "memory_plan": asdict(rt.plan), "stream_source_bytes_per_s": rt.source_bandwidth,
             "rows": [asdict(x) for x in rows]}
 
 

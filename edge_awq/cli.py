@@ -285,19 +285,29 @@ def _runtime_options(f):
         click.option("--dtype", type=click.Choice(["auto", "float16", "bfloat16", "float32"]), default="auto",
                      show_default=True, help="Activations and KV cache (auto: float16 on a GPU, float32 on CPU)."),
         click.option("--context", type=int, default=None, help="KV cache length in tokens (default: the profile's)."),
-        click.option("--memory-budget", default=None, help="Override the profile's memory budget, e.g. 6GB."),
+        click.option("--memory-budget", default=None,
+                     help="Memory for the model (weights held + KV cache), e.g. 6GB; overrides the profile's. "
+                          "A model that does not fit streams its layers."),
         click.option("--no-graphs", is_flag=True, help="Decode without CUDA graphs."),
+        click.option("--prefetch/--no-prefetch", default=True, show_default=True,
+                     help="Layer streaming: load the next layers while one computes."),
+        click.option("--stream-from", type=click.Choice(["auto", "host", "file"]), default="auto", show_default=True,
+                     help="Layer streaming source: pinned host memory or a spill file (auto: host on a discrete "
+                          "GPU, file on the CPU and unified memory)."),
+        click.option("--stream-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder for the spill file of streamed layers (default: the temp folder)."),
     ]):
         f = opt(f)
     return f
 
 
-def _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs):
+def _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prefetch, stream_from, stream_dir):
     from .plan import parse_bytes
     from .runtime import open_runtime
 
     budget = parse_bytes(memory_budget) if memory_budget else None
-    return open_runtime(shard_dir, profile, device, dtype, context, budget, not no_graphs, Bar("load"))
+    return open_runtime(shard_dir, profile, device, dtype, context, budget, not no_graphs, Bar("load"),
+                        prefetch, stream_from, stream_dir)
 
 
 def _banner(rt) -> str:
@@ -314,8 +324,8 @@ def _banner(rt) -> str:
         f"loaded in {r.seconds:.1f} s (ready in {rt.open_seconds:.1f} s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in rt.phases.items()) + f"); host RSS {fmt_bytes(r.rss_bytes)} "
         f"(peak {fmt_bytes(r.peak_rss_bytes)}, staging {fmt_bytes(r.staging_bytes)}) {dev}".rstrip(),
-        rt.plan.summary(),
-    ])
+        rt.plan.summary() + f"; holding {fmt_bytes(r.held_bytes)} of weights",
+    ] + ([rt.stream_summary()] if rt.plan.stream else []))
 
 
 def _memory_now(rt) -> str:
@@ -334,8 +344,8 @@ def _memory_now(rt) -> str:
 @click.option("--prompt", default=None, help="Ask this one question, print the answer and exit.")
 @_sampling_options(256, 0.7, 40, 0.9)
 @click.option("--stop", multiple=True, help="Stop the answer at this text (repeatable).")
-def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, system, prompt, max_new_tokens,
-         temperature, top_k, top_p, repetition_penalty, seed, stop):
+def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prefetch, stream_from, stream_dir,
+         system, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
     """Chat with the model in SHARD_DIR (interactive; or piped stdin, one turn per line; or --prompt).
 
     Commands: /reset (forget the conversation), /stats, /system TEXT (new system prompt, resets),
@@ -346,7 +356,8 @@ def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, s
 
     def go():
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        rt = _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs)
+        rt = _open(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prefetch, stream_from,
+                   stream_dir)
         click.echo(_banner(rt), err=True)
         session = ChatSession(rt.engine, rt.tokenizer, rt.eos, params, system, tuple(stop))
         lines = [prompt] if prompt is not None else None
@@ -432,8 +443,8 @@ def profiles_cmd():
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG plot here (needs matplotlib).")
-def bench(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prompt_lengths, new_tokens,
-          json_path, plot_path):
+def bench(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, prefetch, stream_from, stream_dir,
+          prompt_lengths, new_tokens, json_path, plot_path):
     """Load time, memory, TTFT and decode tok/s of SHARD_DIR, against the memory-bandwidth roofline."""
     from .bench import measure_bandwidth, plot, run_bench, to_json
     from .footprint import describe
@@ -443,7 +454,8 @@ def bench(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, 
         prompts = [int(v) for v in prompt_lengths.split(",")]
         gens = [int(v) for v in new_tokens.split(",")]
         ctx = context or max(prompts) + max(gens)
-        rt = _open(shard_dir, profile, device, dtype, ctx, memory_budget, no_graphs)
+        rt = _open(shard_dir, profile, device, dtype, ctx, memory_budget, no_graphs, prefetch, stream_from,
+                   stream_dir)
         click.echo(_banner(rt), err=True)
         if rt.profile.bandwidth_gbps:
             bw, src = rt.profile.bandwidth_gbps * 1e9, f"profile {rt.profile.name}"
@@ -457,6 +469,14 @@ def bench(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, 
             click.echo(f"| {r.prompt_tokens} | {r.new_tokens} | {r.ttft_seconds * 1e3:.0f} | "
                        f"{r.prefill_tokens_per_s:.0f} | {r.decode_tokens_per_s:.1f} | "
                        f"{r.roofline_tokens_per_s:.0f} | {100 * r.roofline_fraction:.0f} % |")
+        if rt.plan.stream is not None:
+            s = rt.plan.stream
+            click.echo(f"streaming: {fmt_bytes(s.streamed_bytes)} per token from {s.source} "
+                       f"(prefetch {'on' if s.prefetch else 'off'}); source {rt.source_bandwidth / 1e9:.2f} GB/s")
+            for r in rows:
+                got = s.streamed_bytes * r.decode_tokens_per_s
+                click.echo(f"  prompt {r.prompt_tokens}: streamed {got / 1e9:.2f} GB/s = "
+                           f"{100 * got / rt.source_bandwidth:.0f} % of the source's bandwidth")
         if json_path:
             write_json(json_path, to_json(rt, rows, bw, src))
         if plot_path and not plot(rows, plot_path):

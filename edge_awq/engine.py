@@ -30,6 +30,7 @@ from .errors import EdgeAwqError
 from .generate import SamplingParams, next_token
 from .loader import LoadedModel
 from .model import KVCache
+from .stream import StreamedBlock
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class Engine:
         self.last = StepTimes(0, 0.0, 0, 0.0)
         backend, _ = select_backend(self.device, loaded.settings)
         self.fast = self.device.type == "cuda" and (backend == "triton" or loaded.qcfg is None) and _has_triton()
-        self.use_graph = self.fast and cuda_graphs
+        # A streamed decode step is a graph only when its copies are stream-ordered (pinned host
+        # memory); a reader thread feeding the slots cannot be captured.
+        self.use_graph = self.fast and cuda_graphs and (loaded.ring is None or loaded.ring.streamer.capturable)
         self.pdl = loaded.settings.pdl
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # by attention splits
         if self.fast:
@@ -194,7 +197,9 @@ class Engine:
         self._arena.zero_()
         self._residual.copy_(F.embedding(tok, m.model.embed_tokens.weight))
         prev = None
-        for i, blk in enumerate(m.model.layers):
+        for i, layer in enumerate(m.model.layers):
+            streamed = isinstance(layer, StreamedBlock)
+            blk = layer.acquire() if streamed else layer  # waits (on the GPU) for its weights to land
             slots = self._slots[i]
             ops.add_rms_norm(self._residual if prev is None else prev, blk.input_layernorm.weight, eps, self._normed,
                              None if prev is None else self._residual, pdl=self.pdl)
@@ -211,6 +216,8 @@ class Engine:
                 prev = blk.mlp.down_proj(gu, accumulate_into=slots[3], gated=True)
             else:
                 prev = blk.mlp.down_proj(ops.silu_mul(gu, self._act, pdl=self.pdl))
+            if streamed:
+                layer.release()
         ops.add_rms_norm(prev, m.model.norm.weight, eps, self._normed, self._residual, pdl=self.pdl)
         self._logits.copy_(m.lm_head(self._normed))
 

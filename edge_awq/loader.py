@@ -26,7 +26,10 @@ from .config import ModelConfig, QuantConfig
 from .errors import EdgeAwqError
 from .memory import peak_rss_bytes, rss_bytes
 from .model import Block, CausalLM, assemble
-from .shards import MANIFEST, ShardTensors, Staging, open_folder, read_shard
+from .plan import StreamPlan
+from .shards import MANIFEST, ShardTensors, Staging, check_shard, open_folder, read_shard, read_tensor_at
+from .stream import FileSource, PinnedSource, Ring, StreamedEmbedding, StreamedHead
+from .weights import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class LoadReport:
     peak_rss_bytes: int  # host high-water mark of the process so far
     device_bytes: int | None  # allocated on the GPU after loading (weights + scratch), None on the CPU
     peak_device_bytes: int | None
+    held_bytes: int = 0  # weights held where they compute: resident parts plus the streaming ring
+    source_bytes: int = 0  # streamed units kept in their source (pinned host memory or a spill file)
 
 
 @dataclass
@@ -56,15 +61,23 @@ class LoadedModel:
     scratch: Scratch | None
     settings: KernelSettings
     report: LoadReport
+    ring: Ring | None = None  # layer streaming, when the plan chose it
+    stream: StreamPlan | None = None
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
 
 
 def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
                 settings: KernelSettings | None = None, staging_bytes: int = 64 << 20,
-                progress: Callable[[int, int, str], None] | None = None, unified_memory: bool = False
-                ) -> LoadedModel:
+                progress: Callable[[int, int, str], None] | None = None, unified_memory: bool = False,
+                stream: StreamPlan | None = None, stream_dir: Path | None = None) -> LoadedModel:
     """A shard folder (``edge-awq split``) as a ready-to-run model on ``device``, activations in
     ``dtype``. Raises on the first shard that fails its checks, before any of its bytes are used.
-    ``unified_memory`` (Jetson): drop each file's page cache once read — it takes the same DRAM."""
+    ``unified_memory`` (Jetson): drop each file's page cache once read — it takes the same DRAM.
+    ``stream``: layers from ``stream.resident_layers`` on are laid out once into the stream source
+    (pinned host memory, or a spill file under ``stream_dir``) and run through a ring of slots."""
     folder = Path(folder)
     device = torch.device(device)
     settings = settings or KernelSettings()
@@ -78,7 +91,8 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
         torch.cuda.reset_peak_memory_stats(device)
     # Up to WORKERS shards stream at once, each through its own share of the staging: sha256 runs at
     # well under 1 GB/s on one core, so the hashing is spread over several (it releases the GIL).
-    workers = WORKERS if device.type == "cuda" else 1
+    # While streaming, one shard at a time: shards in flight take device memory the budget does not have.
+    workers = WORKERS if device.type == "cuda" and stream is None else 1
     stagings = [Staging(staging_bytes // workers, device) for _ in range(workers)] if device.type == "cuda" else []
     backend, _ = select_backend(device, settings)
     scratch = None
@@ -119,19 +133,39 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
             start(k)
         return ShardTensors(folder / entry.name, tensors)
 
-    def ready(block: Block) -> None:  # per layer, so the device holds one layer's repacking at a time
+    ring = None
+    if stream is not None:
+        source = (PinnedSource() if stream.source == PinnedSource.kind
+                  else FileSource(stream_dir, drop_cache=unified_memory))
+        ring = Ring(source, device, stream.slots, stream.prefetch)
+
+    def ready(i: int, block: Block):  # per layer, so the device holds one layer's repacking at a time
         block.self_attn.fuse()
         block.mlp.fuse()
         for mod in block.modules():
             if isinstance(mod, QuantLinear):
                 mod.prepare(settings, scratch)
+        if ring is not None and i >= stream.resident_layers:
+            return ring.add_block(block)
+        return None
 
+    embed = head = None
+    if stream is not None and stream.head_streamed:
+        embed, head, part = _streamed_head(folder, m, cfg, ring, stream, part)
+        order = [k for k in order if k[0] == "layer"]
+        total = len(order)
     for key in order[:workers]:
         start(key)
     try:
-        model = assemble(cfg, qcfg, dtype, part, ready)
+        model = assemble(cfg, qcfg, dtype, part, ready, embed, head)
+    except BaseException:
+        if ring is not None:
+            ring.close()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if ring is not None:
+        ring.start()
     model.inv_freq = model.inv_freq.to(device)
     if progress:
         progress(total, total, "done")
@@ -143,6 +177,58 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
         staging_bytes=staging_nbytes, backend=backend if qcfg is not None else "dense", rss_bytes=rss_bytes(),
         peak_rss_bytes=peak_rss_bytes(),
         device_bytes=torch.cuda.memory_allocated(device) if on_gpu else None,
-        peak_device_bytes=torch.cuda.max_memory_allocated(device) if on_gpu else None)
+        peak_device_bytes=torch.cuda.max_memory_allocated(device) if on_gpu else None,
+        held_bytes=held_weight_bytes(model, ring), source_bytes=_source_bytes(ring))
     log.info("loaded %s: %d files, %.1f s", folder, total, report.seconds)
-    return LoadedModel(model, cfg, qcfg, folder, scratch, settings, report)
+    return LoadedModel(model, cfg, qcfg, folder, scratch, settings, report, ring, stream)
+
+
+def held_weight_bytes(model: CausalLM, ring: Ring | None) -> int:
+    """Bytes of the weights where they compute: every resident tensor once, plus the ring."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type != "meta" and t.data_ptr() not in seen and t is not model.inv_freq:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total + (ring.slot_bytes if ring is not None and ring.streamer is not None else 0)
+
+
+def _source_bytes(ring: Ring | None) -> int:
+    return 0 if ring is None else sum(ring.source.unit_bytes(u) for u in range(len(ring.source.units)))
+
+
+def _streamed_head(folder: Path, m, cfg: ModelConfig, ring: Ring, stream: StreamPlan, part):
+    """Embedding rows read from the embedding shard as tokens need them, the head's rows as ring
+    units from the shard that holds them (after a full hash check of both); the final norm read
+    alone. Returns (embedding, head, part function without the embedding and head shards)."""
+    emb_entry, head_entry = m.part("embed"), m.part("head")
+    emb_path = check_shard(folder, emb_entry)
+    spec = emb_entry.tensors["model.embed_tokens.weight"]
+    wdtype = DTYPES[spec["dtype"]]
+    vocab, hidden = spec["shape"]
+    embed = StreamedEmbedding(emb_path, spec["offset"], vocab, hidden, wdtype)
+    head_path = check_shard(folder, head_entry)
+    if not cfg.tie_word_embeddings:
+        spec = head_entry.tensors["lm_head.weight"]
+        if DTYPES[spec["dtype"]] != wdtype or spec["shape"] != [vocab, hidden]:
+            raise EdgeAwqError(f"{head_path}: lm_head.weight is {spec['dtype']} {spec['shape']}, "
+                               f"the embedding {wdtype} {[vocab, hidden]}")
+    rows_path = emb_path if cfg.tie_word_embeddings else head_path
+    first = stream.streamed_layers
+    norm = ShardTensors(head_path, {"model.norm.weight": read_tensor_at(head_path,
+                                                                          head_entry.tensors["model.norm.weight"])})
+    row = hidden * wdtype.itemsize
+
+    def add_head_units() -> None:  # after the layers, so units stay in pass order
+        for r0 in range(0, vocab, stream.head_rows_per_unit):
+            r1 = min(vocab, r0 + stream.head_rows_per_unit)
+            ring.source.add_range(rows_path, spec["offset"] + r0 * row, (r1 - r0) * row)
+
+    def part_(role: str, layer: int | None):
+        if role == "head":
+            add_head_units()
+            return norm
+        return part(role, layer)
+
+    head = StreamedHead(ring, first, stream.head_rows_per_unit, vocab, hidden, wdtype)
+    return embed, head, part_

@@ -36,6 +36,26 @@ def peak_device_bytes(device: torch.device) -> int | None:
     return None
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def pin_mmap_threshold(nbytes: int = 256 << 10) -> bool:
+    """Make glibc give every allocation of ``nbytes`` or more its own mmap, returned to the OS when
+    freed. By default glibc raises that threshold each time such a block is freed (up to 32 MB), so
+    the per-layer temporaries of loading then land in heap arenas that keep them: measured on
+    SmolLM2 shards, 50 to 210 MB of extra RSS from run to run, against a steady 30 MB with this.
+    Process-wide by nature, so only the runtime's entry point calls it. False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
+    except (OSError, AttributeError):
+        return False
+
+
 def fmt_bytes(n: float) -> str:
     """Binary units, as the reports count them (1 GB here = 2**30 bytes)."""
     if n < 1024:

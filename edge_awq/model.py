@@ -28,16 +28,26 @@ from .weights import WeightReader
 class Linear(nn.Linear):
     """nn.Linear that casts its (storage-dtype) weight to the input's dtype."""
 
+    def reset_parameters(self) -> None:
+        # Weights always come from a checkpoint; random init on the meta device would only import
+        # torch's meta kernels (sympy included: about 150 MB of RSS on a device that has little).
+        pass
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.weight.to(x.dtype), b)
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass  # loaded from a checkpoint (see Linear)
 
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.empty(dim))  # loaded from a checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32, then scale in the activation dtype, as the HF models do.
@@ -49,7 +59,8 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     """(head_dim/2,) fp32 inverse frequencies, with the config's rope scaling applied."""
     d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    # on the CPU explicitly: under a meta-device context this would import torch's meta kernels
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device="cpu").float() / d))
     rs = cfg.rope_scaling
     if rs is None:
         return inv
@@ -209,7 +220,7 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -316,23 +327,30 @@ def checkpoint_tensors(cfg: ModelConfig, qcfg: QuantConfig | None) -> dict[str, 
 
 
 def assemble(cfg: ModelConfig, qcfg: QuantConfig | None, dtype: torch.dtype | None, part,
-             on_block: Callable[[Block], None] | None = None) -> CausalLM:
-    """Build the model part by part; ``part(role, layer)`` returns the reader holding that part;
-    ``on_block`` (e.g. the runtime's repacking) runs on each block as soon as it is loaded."""
+             on_block: Callable[[int, Block], nn.Module | None] | None = None,
+             embed: nn.Module | None = None, head: nn.Module | None = None) -> CausalLM:
+    """Build the model part by part; ``part(role, layer)`` returns the reader holding that part.
+    ``on_block(i, block)`` (the runtime's repacking) runs on each block as soon as it is loaded and
+    may return what stands in its place (a streamed layer). ``embed``/``head``: modules to use
+    instead of loading those weights (a streamed head); the final norm is loaded either way."""
     with torch.device("meta"):
         model = CausalLM(cfg)
     model.inv_freq = rope_inv_freq(cfg)
-    load_state(model.model.embed_tokens, part("embed", None), "model.embed_tokens.", dtype)
+    if embed is None:
+        load_state(model.model.embed_tokens, part("embed", None), "model.embed_tokens.", dtype)
+    else:
+        model.model.embed_tokens = embed
     for i in range(cfg.num_layers):
-        model.model.layers[i] = load_block(part("layer", i), cfg, i, dtype, qcfg)
-        if on_block is not None:
-            on_block(model.model.layers[i])
-    head = part("head", None)
-    load_state(model.model.norm, head, "model.norm.", dtype)
-    if cfg.tie_word_embeddings:
+        block = load_block(part("layer", i), cfg, i, dtype, qcfg)
+        model.model.layers[i] = (on_block(i, block) if on_block is not None else None) or block
+    head_part = part("head", None)
+    load_state(model.model.norm, head_part, "model.norm.", dtype)
+    if head is not None:
+        model.lm_head = head
+    elif cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     else:
-        load_state(model.lm_head, head, "lm_head.", dtype)
+        load_state(model.lm_head, head_part, "lm_head.", dtype)
     return model.eval()
 
 

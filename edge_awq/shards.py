@@ -375,6 +375,28 @@ class ShardTensors:
         return self.tensors[name]
 
 
+def check_shard(folder: Path, entry: ShardFile) -> Path:
+    """Size and sha256 of one shard against the manifest (a full read), for a file that is then
+    read in pieces rather than loaded (a streamed head)."""
+    path = Path(folder) / entry.name
+    if not path.exists():
+        raise EdgeAwqError(f"{path}: shard is missing (listed in {MANIFEST})")
+    if path.stat().st_size != entry.bytes:
+        raise EdgeAwqError(f"{path}: {path.stat().st_size} bytes, manifest says {entry.bytes}; copy it again")
+    if file_sha256(path) != entry.sha256:
+        raise EdgeAwqError(f"{path}: sha256 mismatch: the file is corrupt; copy it again")
+    return path
+
+
+def read_tensor_at(path: Path, spec: dict[str, Any]) -> torch.Tensor:
+    """One tensor of a checked shard, by its manifest entry (dtype, shape, absolute offset)."""
+    t = torch.empty(spec["shape"], dtype=DTYPES[spec["dtype"]])
+    with open(path, "rb") as f:
+        f.seek(spec["offset"])
+        _read_exact(f, memoryview(t.view(-1).view(torch.uint8).numpy()), path, hashlib.sha256())
+    return t
+
+
 def open_folder(folder: Path) -> tuple[Manifest, Any, Any]:
     """A shard folder's manifest (checked against its config.json) with its model and
     quantization configs (``ModelConfig``, ``QuantConfig`` or None for a dense model)."""

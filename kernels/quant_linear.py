@@ -40,13 +40,25 @@ class QuantLinear(nn.Module):
         (K-major for Triton, int4pack for torch's int4 kernel, as stored for the reference), once,
         holding one copy. Returns the backend."""
         self.kernel_settings, self.scratch = settings, scratch
-        backend, _ = select_backend(self.qzeros.device, settings)
+        device = next(t.device for t in self._buffers.values() if t is not None)
+        backend, _ = select_backend(device, settings)
+        if self.int4pack is not None:
+            return backend
         if backend == "triton":
             self.use_kmajor()
         elif backend == "torch-int4" and inner_k_tiles(self.out_features, self.in_features, self.group_size):
-            self.int4pack = to_int4pack(self.qweight, self.qzeros, self.scales)
-            self.qweight = None
+            packed, scale_offset = to_int4pack(self.qweight, self.qzeros, self.scales)
+            # buffers, so the layer's tensors are all in named_buffers (layer streaming flattens them)
+            self.register_buffer("int4pack_weight", packed)
+            self.register_buffer("int4pack_scale_offset", scale_offset)
+            self.qweight = self.qzeros = self.scales = None  # held once, in the kernel's layout
         return backend
+
+    @property
+    def int4pack(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight, scale-and-offset) for torch's int4 kernel, once ``prepare`` has made them."""
+        w = self._buffers.get("int4pack_weight")
+        return None if w is None else (w, self._buffers["int4pack_scale_offset"])
 
     @classmethod
     def concat(cls, parts: list[QuantLinear]) -> QuantLinear:

@@ -63,3 +63,36 @@ def test_generate_on_gpu_is_seeded_and_stops(shards):
     # a full context: 125 tokens fed after the 3 of the prompt, and the last one sampled from position 127
     assert len(list(eng.generate([1, 2, 3], SamplingParams(max_new_tokens=500), set()))) == 128 - 3 + 1
     assert eng.length == 128
+
+
+@pytest.mark.parametrize("source,prefetch", [("host", True), ("host", False), ("file", True), ("file", False)])
+def test_streamed_layers_decode_as_resident_ones(shards, source, prefetch, tmp_path):
+    """A budget of two layers beside embeddings, head and cache: with prefetch all three layers
+    stream through two slots, without it one stays resident and two take turns in one slot
+    (pinned host memory: inside the CUDA graph; a spill file: a reader thread, no graph). The
+    logits are those of the resident model, step by step."""
+    from edge_awq.footprint import describe
+    from edge_awq.plan import StreamOptions, held_bytes, plan_memory
+    from edge_awq.profiles import load_profile
+    from edge_awq.shards import read_manifest
+    from edge_awq.stream import FileSource, PinnedSource
+
+    parts = held_bytes(read_manifest(shards), "triton", torch.float16)
+    kv = describe(shards).kv_bytes(1, 2)
+    budget = parts.embed + parts.head + parts.norm + 256 * kv + 2 * max(parts.layers)
+    options = StreamOptions(PinnedSource.kind if source == "host" else FileSource.kind, prefetch, 2 if source == "host"
+                            else 3)
+    plan = plan_memory(parts, kv, load_profile("desktop-gpu"), 256, 0, "gpu", budget, stream=options).stream
+    assert (plan.resident_layers, plan.streamed_layers, plan.slots) == ((0, 3, 2) if prefetch else (1, 2, 1))
+    loaded = load_shards(shards, "cuda", torch.float16, stream=plan, stream_dir=tmp_path)
+    assert loaded.report.held_bytes + 256 * kv <= budget
+    streamed = Engine(loaded, 256, torch.float16)
+    full = Engine(load_shards(shards, "cuda", torch.float16), 256, torch.float16)
+    assert streamed.use_graph == (source == "host")
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 49152, (40,)).tolist()
+    torch.testing.assert_close(streamed.prefill(prompt), full.prefill(prompt), rtol=1e-3, atol=1e-3)
+    for tok in torch.randint(0, 49152, (12,)).tolist():
+        a, b = streamed.decode(tok), full.decode(tok)
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
+    loaded.close()

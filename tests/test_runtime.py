@@ -16,20 +16,16 @@ from edge_awq.generate import SamplingParams, eos_ids, generate_tokens, load_tok
 from edge_awq.kernels.dispatch import KernelSettings
 from edge_awq.loader import load_shards
 from edge_awq.model import load_model
-from edge_awq.plan import parse_bytes, plan_memory
+from edge_awq.plan import held_bytes, parse_bytes, plan_memory
 from edge_awq.profiles import load_profile
-from edge_awq.quantize import QuantizeOptions, quantize_model
-from edge_awq.split import split_checkpoint
+from edge_awq.shards import read_manifest
 
 PROMPT = "The three most important inventions of the last century are"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, smollm2):
-    root = tmp_path_factory.mktemp("rt")
-    quantize_model(smollm2, root / "awq", QuantizeOptions(method="rtn", group_size=64))
-    split_checkpoint(root / "awq", root / "shards")
-    return root / "shards"
+def shards(smollm2_shards):
+    return smollm2_shards
 
 
 def test_engine_matches_the_reference_generation(shards):
@@ -114,14 +110,15 @@ def test_chat_one_prompt_and_sampling(shards):
 def test_memory_plan_refuses_with_what_would_fit(shards):
     fp = describe(shards)
     cpu = load_profile("cpu")
-    plan = plan_memory(fp, cpu, 2048, 8 << 30, "host")
-    assert plan.need_bytes == fp.weight_bytes + fp.kv_bytes(2048, 4) + (cpu.runtime_overhead_mb << 20)
+    parts = held_bytes(read_manifest(shards), "torch-int4", torch.float32)
+    kv = fp.kv_bytes(1, 4)
+    plan = plan_memory(parts, kv, cpu, 2048, 8 << 30, "host")
+    assert plan.need_bytes == parts.total + 2048 * kv and plan.stream is None
+    assert plan.budget_bytes == (8 << 30) - int(cpu.reserved_gb * 2**30) - (cpu.runtime_overhead_mb << 20)
     with pytest.raises(EdgeAwqError, match=r"does not fit.*a context of at most \d+ tokens fits"):
-        plan_memory(fp, cpu, 4096, 0, "host", budget_override=fp.weight_bytes + (1 << 30) + (20 << 20))
+        plan_memory(parts, kv, cpu, 4096, 0, "host", budget_override=parts.total + (20 << 20))
     with pytest.raises(EdgeAwqError, match="the weights alone do not fit"):
-        plan_memory(fp, cpu, 4096, 0, "host", budget_override=50 << 20)
-    r = CliRunner().invoke(main, ["chat", str(shards), "--prompt", "hi", "--memory-budget", "100MB"])
-    assert r.exit_code == 2 and "does not fit" in r.stderr
+        plan_memory(parts, kv, cpu, 4096, 0, "host", budget_override=50 << 20)
     assert parse_bytes("1.5GB") == 3 << 29 and parse_bytes("800 MiB") == 800 << 20
     with pytest.raises(EdgeAwqError, match="--memory-budget"):
         parse_bytes("lots")
