@@ -7,6 +7,7 @@ import torch
 
 from edge_awq.calibration import CalibConfig
 from edge_awq.eval import load_eval_text, perplexity
+from edge_awq.families import FAMILIES
 from edge_awq.quantize import QuantizeOptions, quantize_model
 from edge_awq.weights import WeightReader
 
@@ -43,7 +44,14 @@ def test_checkpoint_is_autoawq_gemm_layout(checkpoints):
     assert (root / "awq" / "tokenizer.json").exists()
     blocks = awq_report["blocks"]
     assert len(blocks) == 30 and set(blocks[0]["ratios"]) == {"attn_in", "mlp_in", "mlp_out"}  # GQA: no v→o
-    assert all(sum(b["clipped"].values()) > 0 for b in blocks)
+    # Each group's clip was judged by the group's module loss: kept only where it lowered it.
+    family = FAMILIES["llama"]
+    for b in blocks:
+        for g in family.scale_groups:
+            plain, with_clip = b["clip_losses"][g.name]
+            if with_clip >= plain:
+                assert all(b["clipped"][n] == 0 for n in g.linears if n not in family.no_clip), (g.name, b)
+    assert sum(sum(b["clipped"].values()) for b in blocks) > 0
     assert awq_report["calibration_blocks"] == [4, 512] and awq_report["peak_rss_bytes"] > 0
     # Same weights, different search: AWQ changed what RTN would have written.
     assert not torch.equal(r.get(p + "qweight"), WeightReader(root / "rtn").get(p + "qweight"))
