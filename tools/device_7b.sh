@@ -5,15 +5,7 @@
 #             the first half of the SmolLM2 shard folder (.device/smA) put aside
 #   measure — the second half (.device/smB): SmolLM2 GPU-vs-CPU greedy parity and a scripted chat;
 #             7B bench (4-bit and fp16), cold start (empty and warm Triton cache), scripted chat
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site
-REPO=$PWD
-W=$REPO/.device/w
-mkdir -p $W
-cd /tmp  # not the checkout: its edge_awq/ folder lacks the kernels/ mapping
-ea() { python3 -m edge_awq "$@"; }
+source "$(dirname "$0")/device_env.sh"
 if [ "$1" = build ]; then
   rm -rf $W/sm && cp -r $REPO/.device/smA $W/sm
   python3 $REPO/tools/make_random_model.py llama-2-7b $W/l7b --vocab 49152 --tokenizer $REPO/.device/tok

@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (carry .device/tok: the SmolLM2 tokenizer): a Llama-2-7B-shaped random
-# model, RTN 4-bit on the GPU, split; the GPU tests (streaming included); then the 7B model under a
+# On the lent GPU machine (carry .device/tok: the SmolLM2 tokenizer): a Llama-2-7B-shaped model of
+# random 4-bit codes (g128), split; the GPU tests (streaming included); then the 7B model under a
 # 2 GB budget: bench with layers streamed from pinned host memory and from a spill file (page
 # cache), prefetch on and off, each reporting bytes streamed per token and the source's bandwidth.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site . >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site
-REPO=$PWD
-W=$REPO/.device/w
-mkdir -p $W
-cd /tmp  # not the checkout: its edge_awq/ folder lacks the kernels/ mapping
-ea() { python3 -m edge_awq "$@"; }
+source "$(dirname "$0")/device_env.sh"
 T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 if [ ! -f $W/s4/manifest.json ]; then  # random 4-bit codes straight away: the bench needs shapes only
   python3 $REPO/tools/make_random_model.py llama-2-7b $W/q4 --vocab 49152 --tokenizer $REPO/.device/tok --awq 128
