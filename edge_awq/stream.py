@@ -329,10 +329,8 @@ class ReaderStreamer:
         self.stop = False
         self.expect = 0
         self.error: BaseException | None = None
-        self.read_seconds = 0.0
 
     def _load(self, u: int, s: int) -> None:
-        t0 = time.perf_counter()
         n = self.source.unit_bytes(u)
         if self.gpu:
             self.ready[s].synchronize()  # the staging's last copy out has finished
@@ -343,7 +341,6 @@ class ReaderStreamer:
             self.ready[s].record(self.copy_stream)
         else:
             self.source.read_into(u, self.views[s][:n])
-        self.read_seconds += time.perf_counter() - t0
 
     def _run(self, start: int) -> None:
         if self.gpu:
@@ -372,6 +369,8 @@ class ReaderStreamer:
 
     def _restart(self, u: int) -> None:
         self._halt()
+        if self.gpu:  # a stopped pass may not have released its slot: let its kernels finish first
+            torch.cuda.current_stream(self.device).synchronize()
         self.error = None
         self.busy = [False] * len(self.slots)
         self.state = [None] * len(self.slots)  # what a stopped pass left unconsumed is read again
