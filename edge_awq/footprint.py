@@ -71,14 +71,21 @@ def _params(name: str, shape: tuple[int, ...]) -> int:
     return n
 
 
-def _projected_awq(cfg: ModelConfig) -> int:
-    """Bytes of this model as an AWQ W4 g128 checkpoint: packed linears, fp16 everything else."""
+def projected_layer_bytes(cfg: ModelConfig) -> int:
+    """Bytes of one decoder layer as AWQ W4 g128: packed codes, fp16 scales, 4-bit zeros, fp16 bias
+    and norms (the same in the GEMM and K-major layouts)."""
     g = PROJECTED_GROUP
     per_layer = 2 * 2 * cfg.hidden_size  # two norms
     for name, (k, n) in cfg.linear_shapes().items():
         per_layer += k * n // 2 + (k // g) * n * 2 + (k // g) * n // 2 + (2 * n if cfg.linear_bias(name) else 0)
+    return per_layer
+
+
+def _projected_awq(cfg: ModelConfig) -> int:
+    """Bytes of this model as an AWQ W4 g128 checkpoint: packed linears, fp16 everything else."""
     emb = cfg.vocab_size * cfg.hidden_size * 2
-    return emb * (1 if cfg.tie_word_embeddings else 2) + cfg.num_layers * per_layer + 2 * cfg.hidden_size
+    layers = cfg.num_layers * projected_layer_bytes(cfg)
+    return emb * (1 if cfg.tie_word_embeddings else 2) + layers + 2 * cfg.hidden_size
 
 
 def describe(path: Path) -> Footprint:

@@ -253,6 +253,8 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
             # MLP's silu(gate)·up it need not: on Qwen2.5-Coder-1.5B clipping gate/up made one
             # block's MLP error 27× worse, and perplexity worse than round-to-nearest.
             inspect = block.get_submodule(g.inspect)
+            # The scaled FP module gives the scale search's references again; recomputed rather than
+            # kept from the search, so one group's outputs are held at a time (the 4 GB bound).
             refs = [_call(inspect, xc, rope) for xc in xin.split(opts.chunk_blocks)]
             loss_fn = _output_mse(inspect, g, xin, refs, rope, opts.chunk_blocks)
             clipped = {n: apply_clip(w, max_vals[n], group_size) if n in max_vals else w for n, w in weights.items()}
@@ -262,11 +264,11 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
             record["clip_losses"][g.name] = [round(plain, 9), round(with_clip, 9)]
             keep = with_clip < plain
             for n in names:
-                lin = block.get_submodule(n)
-                org = lin.weight.reshape(max_vals[n].shape[0], max_vals[n].shape[1], -1).abs().amax(-1)
-                record["clipped"][n] = int((max_vals[n] < org).sum()) if keep else 0
+                record["clipped"][n] = 0
                 if keep:
-                    lin.weight.copy_(clipped[n])
+                    org = weights[n].reshape(max_vals[n].shape[0], max_vals[n].shape[1], -1).abs().amax(-1)
+                    record["clipped"][n] = int((max_vals[n] < org).sum())
+                    weights[n].copy_(clipped[n])
                     data[f"awq.clip.{n}"] = max_vals[n].cpu()
         times["clip"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 3) for k, v in times.items()}

@@ -220,27 +220,32 @@ def verify_folder(folder: Path, fast: bool = False, progress: Callable[[int, int
         if progress:
             progress(done, total, name)
         done += size
-        if not path.is_file():
-            faults.append(Fault(name, "missing"))
-            continue
-        got = path.stat().st_size
-        if got != size:
-            kind = "truncated" if got < size else "too long"
-            faults.append(Fault(name, f"{got} bytes, manifest says {size} ({kind})"))
-            continue
-        if tensors is not None:
-            try:
-                problem = _header_problem(tensor_entries(path), tensors)
-            except EdgeAwqError as e:
-                problem = str(e).split(": ", 1)[-1]
-            if problem:
-                faults.append(Fault(name, problem))
-                continue
-        if not fast and file_sha256(path) != sha:
-            faults.append(Fault(name, "sha256 mismatch: the file is corrupt; copy it again"))
+        problem = _file_problem(path, size, sha, tensors, fast)
+        if problem:
+            faults.append(Fault(name, problem))
     if progress:
         progress(total, total, "done")
     return faults
+
+
+def _file_problem(path: Path, size: int, sha: str, tensors: dict[str, Any] | None, fast: bool) -> str | None:
+    """What is wrong with one listed file (presence, size, safetensors header, sha256 unless
+    ``fast``), or None."""
+    if not path.is_file():
+        return "missing"
+    got = path.stat().st_size
+    if got != size:
+        return f"{got} bytes, manifest says {size} ({'truncated' if got < size else 'too long'})"
+    if tensors is not None:
+        try:
+            problem = _header_problem(tensor_entries(path), tensors)
+        except EdgeAwqError as e:
+            problem = str(e).split(": ", 1)[-1]
+        if problem:
+            return problem
+    if not fast and file_sha256(path) != sha:
+        return "sha256 mismatch: the file is corrupt; copy it again"
+    return None
 
 
 def _read_exact(f, view: memoryview, path: Path, h: Any) -> None:
@@ -376,15 +381,12 @@ class ShardTensors:
 
 
 def check_shard(folder: Path, entry: ShardFile) -> Path:
-    """Size and sha256 of one shard against the manifest (a full read), for a file that is then
-    read in pieces rather than loaded (a streamed head)."""
+    """One shard checked as ``verify`` checks it (a full read), for a file that is then read in
+    pieces rather than loaded (a streamed head); raises naming the file and the problem."""
     path = Path(folder) / entry.name
-    if not path.exists():
-        raise EdgeAwqError(f"{path}: shard is missing (listed in {MANIFEST})")
-    if path.stat().st_size != entry.bytes:
-        raise EdgeAwqError(f"{path}: {path.stat().st_size} bytes, manifest says {entry.bytes}; copy it again")
-    if file_sha256(path) != entry.sha256:
-        raise EdgeAwqError(f"{path}: sha256 mismatch: the file is corrupt; copy it again")
+    problem = _file_problem(path, entry.bytes, entry.sha256, entry.tensors, fast=False)
+    if problem:
+        raise EdgeAwqError(f"{path}: {problem}")
     return path
 
 

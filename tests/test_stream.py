@@ -144,3 +144,18 @@ def test_chat_streams_when_the_budget_is_small(smollm2_shards):
     r = CliRunner().invoke(main, ["chat", str(smollm2_shards), "--prompt", "hi", "--memory-budget", "3MB"])
     assert r.exit_code == 2 and "does not fit" in r.stderr and "not even with layer streaming" in r.stderr
 
+
+
+def test_streamed_head_refuses_a_corrupt_embedding_shard(smollm2_shards, tmp_path):
+    """The embedding shard is read in pieces when the head streams: it is hash-checked first."""
+    import shutil
+
+    bad = tmp_path / "shards"
+    shutil.copytree(smollm2_shards, bad)
+    path = bad / "model-embed.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["chat", str(bad), "--prompt", "hi", "--memory-budget", "40MB", "--context", "128"])
+    assert r.exit_code == 2
+    assert re.search(r"model-embed\.safetensors: sha256 mismatch", r.stderr), r.stderr

@@ -23,10 +23,10 @@ from make_random_model import PRESETS  # noqa: E402
 
 from edge_awq.config import ModelConfig  # noqa: E402
 from edge_awq.errors import EdgeAwqError  # noqa: E402
+from edge_awq.footprint import projected_layer_bytes  # noqa: E402
 from edge_awq.memory import fmt_bytes  # noqa: E402
 from edge_awq.plan import PartBytes, StreamOptions, model_budget, plan_memory  # noqa: E402
 from edge_awq.profiles import all_profiles  # noqa: E402
-from edge_awq.stream import align  # noqa: E402
 
 MODELS = {
     "Llama-2-7B": PRESETS["llama-2-7b"],
@@ -34,19 +34,13 @@ MODELS = {
     "Llama-2-13B": dict(PRESETS["llama-2-7b"], hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                         num_attention_heads=40, num_key_value_heads=40),
 }
-GROUP = 128
 
 
 def parts_for(cfg: ModelConfig) -> PartBytes:
-    """Bytes held per part for a W4 g128 model in the Triton layout with fp16 activations."""
-    layer = 2 * align(2 * cfg.hidden_size)  # two norms
-    for name, (k, n) in cfg.linear_shapes().items():
-        layer += align(k * n // 2) + align(k // GROUP * n * 2) + align(k // GROUP * n // 2)
-        if cfg.linear_bias(name):
-            layer += align(2 * n)
-    emb = align(cfg.vocab_size * cfg.hidden_size * 2)
-    return PartBytes(emb, (layer,) * cfg.num_layers, 0 if cfg.tie_word_embeddings else emb,
-                     align(2 * cfg.hidden_size), 2 * cfg.hidden_size, cfg.vocab_size)
+    """Bytes held per part for a W4 g128 model with fp16 activations (untied head)."""
+    emb = cfg.vocab_size * cfg.hidden_size * 2
+    return PartBytes(emb, (projected_layer_bytes(cfg),) * cfg.num_layers, 0 if cfg.tie_word_embeddings else emb,
+                     2 * cfg.hidden_size, 2 * cfg.hidden_size, cfg.vocab_size)
 
 
 def main() -> None:
