@@ -71,9 +71,11 @@ def _run(fn):
 @click.option("--max-blocks", type=int, default=None, help="Cap on calibration blocks (faster, less data).")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--no-clip", is_flag=True, help="Skip the clip search.")
+@click.option("--duo-scaling", is_flag=True,
+              help="Scales from activation and weight magnitudes (AutoAWQ's duo scaling), not activations alone.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, samples, sample_tokens,
-             block_tokens, max_blocks, seed, no_clip, device):
+             block_tokens, max_blocks, seed, no_clip, duo_scaling, device):
     """Quantize the HF model in MODEL_DIR to an INT4 AWQ checkpoint in OUT_DIR (resumable)."""
     import torch
 
@@ -83,7 +85,8 @@ def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, 
     def go():
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         calib = CalibConfig(calib_source, samples, sample_tokens, block_tokens, max_blocks, seed, calib_field)
-        opts = QuantizeOptions(method=method, group_size=group_size, calib=calib, device=dev, clip=not no_clip)
+        opts = QuantizeOptions(method=method, group_size=group_size, calib=calib, device=dev, clip=not no_clip,
+                               duo_scaling=duo_scaling)
         r = quantize_model(model_dir, out_dir, opts, progress=Bar("quantize"))
         q = r["quantization_config"]
         click.echo(f"{method.upper()} w{q['bits']} g{q['group_size']} → {out_dir}: {fmt_bytes(r['total_bytes'])} "

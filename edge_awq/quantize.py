@@ -64,6 +64,7 @@ class QuantizeOptions:
     device: str = "cpu"
     n_grid: int = 20
     clip: bool = True
+    duo_scaling: bool = False
     chunk_blocks: int = 4  # calibration blocks per forward pass: bounds temporaries
 
     def __post_init__(self):
@@ -140,6 +141,8 @@ def plan(model_dir: Path, opts: QuantizeOptions) -> Plan:
     }
     if opts.method == "awq":
         ident["algorithm"] = ALGORITHM
+        if opts.duo_scaling:  # only when set, so runs started before the option keep their key
+            ident["duo_scaling"] = True
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(model_dir, cfg, qcfg, reader, calib, key)
 
@@ -227,7 +230,8 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
         refs = [_call(inspect, xc, rope) for xc in xin.split(opts.chunk_blocks)]
         weights = {n: block.get_submodule(n).weight for n in g.linears}
         loss_fn = _output_mse(inspect, g, xin, refs, rope, opts.chunk_blocks)
-        res = search_scale(channel_mean_abs(xin), weights, loss_fn, group_size, opts.n_grid)
+        res = search_scale(channel_mean_abs(xin), weights, loss_fn, group_size, opts.n_grid,
+                           duo=opts.duo_scaling)
         chosen.append((g, res.scales))
         record["ratios"][g.name] = res.ratio
         record["losses"][g.name] = [round(v, 9) for v in res.losses]

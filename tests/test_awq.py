@@ -2,7 +2,16 @@
 
 import torch
 
-from edge_awq.awq import apply_clip, channel_mean_abs, grid_scales, group_gram, sample_tokens, search_clip, search_scale
+from edge_awq.awq import (
+    apply_clip,
+    channel_mean_abs,
+    grid_scales,
+    group_gram,
+    sample_tokens,
+    search_clip,
+    search_scale,
+    weight_mean,
+)
 from edge_awq.quant import fake_quantize
 
 
@@ -65,3 +74,23 @@ def test_grid_scales_normalised_and_statistics():
     s = grid_scales(mean, 0.5)
     assert abs((s.max() * s.min()).item() - 1) < 1e-5
     assert sample_tokens(x.reshape(10, 100, 64), 100).shape == (100, 64)
+
+
+def test_duo_scaling_uses_weight_magnitudes():
+    g = 32
+    w = torch.randn(16, 64, generator=_gen(7))
+    w[:, 5] *= 8  # one column large within its groups
+    wm = weight_mean([w[:8], w[8:]], g)
+    ref = (w.abs().reshape(-1, g) / w.abs().reshape(-1, g).amax(1, keepdim=True)).reshape(16, 64).mean(0)
+    assert torch.allclose(wm, ref, atol=1e-5)
+    assert wm.argmax() == 5
+    x_mean = torch.rand(64, generator=_gen(8)) + 0.5
+    s0 = grid_scales(x_mean, 0.0, wm)  # ratio 0: weights only, s ∝ 1 / w_mean
+    assert torch.allclose(s0 * (wm + 1e-4), (s0 * (wm + 1e-4)).mean().expand(64), rtol=1e-4)
+    assert abs((s0.max() * s0.min()).item() - 1) < 1e-5
+    x = torch.randn(256, 64, generator=_gen(9))
+    ref_out = x @ w.t()
+    res = search_scale(channel_mean_abs(x), {"w": w}, lambda c: (x @ c["w"].t() - ref_out).pow(2).mean().item(),
+                       g, duo=True)
+    assert min(res.losses) == res.losses[round(res.ratio * 20)]
+    assert not torch.equal(grid_scales(x_mean, 0.5, wm), grid_scales(x_mean, 0.5))

@@ -53,3 +53,21 @@ def test_resume_gives_identical_tensors(tmp_path, model_and_reference, lose_inpu
     assert got.keys() == ref.keys()
     for name, t in ref.items():
         assert torch.equal(got[name], t), name
+
+
+def test_duo_scaling_is_its_own_run(tmp_path, model_and_reference):
+    from dataclasses import replace
+
+    from edge_awq.errors import EdgeAwqError
+
+    model, ref = model_and_reference
+    duo = replace(OPTS, duo_scaling=True)
+    with pytest.raises(Interrupt):
+        quantize_model(model, tmp_path / "plain", OPTS, progress=_stop_at(1))
+    with pytest.raises(EdgeAwqError, match="different model or options"):
+        quantize_model(model, tmp_path / "plain", duo)  # never resumes a plain run with duo blocks
+    report = quantize_model(model, tmp_path / "duo", duo)
+    assert report["options"]["duo_scaling"] is True
+    got = _tensors(tmp_path / "duo")
+    assert got.keys() == ref.keys()
+    assert any(not torch.equal(got[n], ref[n]) for n in ref if n.endswith("qweight"))
