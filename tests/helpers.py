@@ -11,6 +11,21 @@ import torch
 ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Invert one byte of ``path`` (negative offsets count from the end): a corruption the file's
+    size does not show, only its sha256."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def corrupted_copy(src: Path, dst: Path, name: str, offset: int) -> Path:
+    """A copy of the shard folder ``src`` at ``dst`` with one byte of file ``name`` flipped."""
+    shutil.copytree(src, dst)
+    flip_byte(dst / name, offset)
+    return dst
+
+
 def pack_by_spec(values: torch.Tensor) -> torch.Tensor:
     """Word [r, c] = OR over i of values[r, 8c + ORDER[i]] << 4i, as a signed 32-bit integer."""
     rows, cols = values.shape

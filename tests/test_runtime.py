@@ -19,6 +19,7 @@ from edge_awq.model import load_model
 from edge_awq.plan import held_bytes, parse_bytes, plan_memory
 from edge_awq.profiles import load_profile
 from edge_awq.shards import read_manifest
+from helpers import corrupted_copy
 
 PROMPT = "The three most important inventions of the last century are"
 
@@ -52,13 +53,7 @@ def test_engine_matches_the_reference_generation(shards):
 
 
 def test_loader_refuses_a_corrupt_shard_before_use(shards, tmp_path):
-    import shutil
-    bad = tmp_path / "bad"
-    shutil.copytree(shards, bad)
-    p = bad / "model-layer-007.safetensors"
-    data = bytearray(p.read_bytes())
-    data[-10] ^= 0xFF
-    p.write_bytes(bytes(data))
+    bad = corrupted_copy(shards, tmp_path / "bad", "model-layer-007.safetensors", -10)
     with pytest.raises(EdgeAwqError, match="model-layer-007.safetensors: sha256 mismatch"):
         load_shards(bad, "cpu", torch.float32)
 

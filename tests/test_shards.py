@@ -18,7 +18,7 @@ from edge_awq.quantize import QuantizeOptions, quantize_model
 from edge_awq.shards import INDEX, MANIFEST, read_manifest, verify_folder
 from edge_awq.split import split_checkpoint
 from edge_awq.weights import WeightReader
-from helpers import make_tiny_model
+from helpers import flip_byte, make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,7 @@ def test_split_again_verifies_and_does_nothing(shards, ckpt):
 
 
 def test_split_again_repairs_only_the_bad_file(copy, ckpt):
-    bad = copy / "model-layer-001.safetensors"
-    data = bytearray(bad.read_bytes())
-    data[-5] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    flip_byte(copy / "model-layer-001.safetensors", -5)
     untouched = (copy / "model-layer-002.safetensors").stat().st_mtime_ns
     r = split_checkpoint(ckpt, copy)
     assert r["written"] == 1

@@ -19,6 +19,7 @@ from edge_awq.plan import StreamOptions, held_bytes, plan_memory
 from edge_awq.profiles import load_profile
 from edge_awq.shards import read_manifest
 from edge_awq.stream import FileSource, ReaderStreamer, bind, flat_layout, flatten_into
+from helpers import corrupted_copy
 
 OVERHEAD = 64 << 20  # stated runtime overhead on the CPU: tokenizer, activations, loading temporaries
 
@@ -148,14 +149,7 @@ def test_chat_streams_when_the_budget_is_small(smollm2_shards):
 
 def test_streamed_head_refuses_a_corrupt_embedding_shard(smollm2_shards, tmp_path):
     """The embedding shard is read in pieces when the head streams: it is hash-checked first."""
-    import shutil
-
-    bad = tmp_path / "shards"
-    shutil.copytree(smollm2_shards, bad)
-    path = bad / "model-embed.safetensors"
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF
-    path.write_bytes(bytes(data))
+    bad = corrupted_copy(smollm2_shards, tmp_path / "shards", "model-embed.safetensors", -100)
     r = CliRunner().invoke(main, ["chat", str(bad), "--prompt", "hi", "--memory-budget", "40MB", "--context", "128"])
     assert r.exit_code == 2
     assert re.search(r"model-embed\.safetensors: sha256 mismatch", r.stderr), r.stderr
