@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 import edge_awq.quantize as Q
-from edge_awq.awq import channel_mean_abs, grid_scales
+from edge_awq.awq import channel_mean_abs, search_scale
 from edge_awq.calibration import CalibConfig, calibration_blocks
 from edge_awq.eval import load_eval_text
 from edge_awq.families import LINEAR_NAMES
@@ -36,35 +36,21 @@ G = 128
 CHUNK = 4
 
 
-def duo_w_mean(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    w = torch.cat(list(weights.values()), 0)
-    wg = w.reshape(-1, G).abs()
-    return (wg / (wg.amax(1, keepdim=True) + 1e-6)).reshape(w.shape).mean(0)
-
-
 def search(block, group, xin, rope, nosink: bool, duo: bool) -> tuple[float, torch.Tensor]:
+    """The quantizer's grid search, with the sink optionally left out of x̄ and of the loss."""
     inspect = block.get_submodule(group.inspect)
     refs = [Q._call(inspect, xc, rope) for xc in xin.split(CHUNK)]
     weights = {n: block.get_submodule(n).weight for n in group.linears}
     rel = {n: (n[len(group.inspect) + 1:] + ".weight" if n != group.inspect else "weight") for n in group.linears}
     tokens = slice(1, None) if nosink else slice(None)
-    x_mean = channel_mean_abs(xin[:, tokens])
-    w_mean = duo_w_mean(weights) if duo else None
-    best = (float("inf"), 0.0, None)
-    for i in range(20):
-        r = i / 20
-        if duo:
-            s = (x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4)).clamp(min=1e-4)
-            s = s / (s.max() * s.min()).sqrt()
-        else:
-            s = grid_scales(x_mean, r)
-        params = {rel[n]: fake_quantize(w * s, G) / s for n, w in weights.items()}
-        loss = 0.0
-        for xc, ref in zip(xin.split(CHUNK), refs, strict=True):
-            loss += (Q._call(inspect, xc, rope, params) - ref)[:, tokens].pow(2).sum(dtype=torch.float64).item()
-        if loss < best[0]:
-            best = (loss, r, s)
-    return best[1], best[2]
+
+    def loss_fn(cand: dict[str, torch.Tensor]) -> float:
+        params = {rel[n]: w for n, w in cand.items()}
+        return sum((Q._call(inspect, xc, rope, params) - ref)[:, tokens].pow(2).sum(dtype=torch.float64).item()
+                   for xc, ref in zip(xin.split(CHUNK), refs, strict=True))
+
+    res = search_scale(channel_mean_abs(xin[:, tokens]), weights, loss_fn, G, duo=duo)
+    return res.ratio, res.scales
 
 
 def rtn_(block) -> None:
