@@ -166,7 +166,6 @@ class Engine:
         self._state = torch.zeros(3, dtype=torch.int64, device=dev)  # token, position, length
         self._residual = torch.zeros(1, h, dtype=torch.float32, device=dev)
         self._normed = torch.zeros(1, h, dtype=dt, device=dev)
-        self._q = torch.zeros(q, dtype=dt, device=dev)
         self._attn = torch.zeros(1, q, dtype=dt, device=dev)
         self._act = torch.zeros(1, cfg.intermediate_size, dtype=dt, device=dev)
         self._logits = torch.zeros(1, cfg.vocab_size, dtype=torch.float32, device=dev)
@@ -193,7 +192,7 @@ class Engine:
 
         cfg, m = self.cfg, self.model
         eps, scale = cfg.rms_norm_eps, cfg.head_dim ** -0.5
-        tok, pos, length = self._state[0:1], self._state[1:2], self._state[2:3]
+        tok, pos = self._state[0:1], self._state[1:2]
         self._arena.zero_()
         self._residual.copy_(F.embedding(tok, m.model.embed_tokens.weight))
         prev = None
@@ -205,10 +204,8 @@ class Engine:
                              None if prev is None else self._residual, pdl=self.pdl)
             a = blk.self_attn
             qkv = self._linear(a.qkv_proj, self._normed, slots[0])
-            ops.rope_kv(qkv, m.inv_freq, pos, self._q, self.cache.k[i], self.cache.v[i], cfg.num_heads,
-                        cfg.num_kv_heads, pdl=self.pdl)
-            ops.decode_attention(self._q, self.cache.k[i], self.cache.v[i], length, self._attn.view(-1),
-                                 self._partial, self._ml, scale, pdl=self.pdl, splits=splits)
+            ops.decode_attention(qkv, m.inv_freq, pos, self.cache.k[i], self.cache.v[i], self._attn.view(-1),
+                                 self._partial, self._ml, scale, cfg.num_heads, pdl=self.pdl, splits=splits)
             o = self._linear(a.o_proj, self._attn, slots[1])
             ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])

@@ -1,7 +1,7 @@
 """Triton kernels for the rest of a decode step (one token), so a decoder layer is a handful of
-launches: ``add_rms_norm`` (residual add + RMSNorm), ``rope_kv`` (RoPE on q and k, k and v written
-into the cache at the position held on the device), ``decode_attention`` (flash-decoding over the
-cache, split along the sequence, then combined) and ``silu_mul``. Positions and lengths are read
+launches: ``add_rms_norm`` (residual add + RMSNorm), ``decode_attention`` (RoPE on the new token's q
+and k, its k and v written into the cache at the position held on the device, flash-decoding over
+the cache split along the sequence, then combined) and ``silu_mul``. Positions and lengths are read
 from device tensors, never from Python ints, so a step can be captured in a CUDA graph once and
 replayed at every position. With ``pdl`` (sm_90) each launches as a programmatic dependent of
 the kernel before it: it starts under that kernel's tail and waits only where it reads its
@@ -58,86 +58,92 @@ def add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.T
 
 
 @triton.jit
-def _rope_kv_kernel(qkv_ptr, inv_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, stride_kh, stride_kt,
-                    H, HKV, D: tl.constexpr, PDL: tl.constexpr):
-    """Program h < H: query head h; H ≤ h < H + HKV: key/value head h − H."""
-    h = tl.program_id(0)
-    half = tl.arange(0, D // 2)
-    inv = tl.load(inv_ptr + half)
-    _pdl_wait(PDL)
-    pos = tl.load(pos_ptr)
-    ang = pos.to(tl.float32) * inv
-    c = tl.cos(ang)
-    s = tl.sin(ang)
-    x1 = tl.load(qkv_ptr + h * D + half).to(tl.float32)
-    x2 = tl.load(qkv_ptr + h * D + D // 2 + half).to(tl.float32)
-    o1 = x1 * c - x2 * s  # channel pairs (i, i + D/2): the HF "rotate_half" convention
-    o2 = x2 * c + x1 * s
-    if h < H:
-        tl.store(q_ptr + h * D + half, o1.to(q_ptr.dtype.element_ty))
-        tl.store(q_ptr + h * D + D // 2 + half, o2.to(q_ptr.dtype.element_ty))
-    else:
-        kh = h - H
-        base = kh * stride_kh + pos * stride_kt
-        tl.store(k_ptr + base + half, o1.to(k_ptr.dtype.element_ty))
-        tl.store(k_ptr + base + D // 2 + half, o2.to(k_ptr.dtype.element_ty))
-        d = tl.arange(0, D)
-        tl.store(v_ptr + base + d, tl.load(qkv_ptr + (H + HKV + kh) * D + d).to(v_ptr.dtype.element_ty))
-
-
-def rope_kv(qkv: torch.Tensor, inv_freq: torch.Tensor, pos: torch.Tensor, q_out: torch.Tensor,
-            k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int, pdl: bool = False) -> None:
-    """One token: qkv (1, (H + 2·HKV)·D) → q_out (H·D,) rotated; rotated k and v written into the
-    caches (1, HKV, T, D) at position ``pos`` (int64 (1,) on the device)."""
-    d = k_cache.shape[-1]
-    _rope_kv_kernel[(heads + kv_heads,)](qkv, inv_freq, pos, q_out, k_cache, v_cache, k_cache.stride(1),
-                                         k_cache.stride(2), heads, kv_heads, D=d, PDL=pdl, num_warps=1,
-                                         **_pdl(pdl))
+def _head_part(qkv_ptr, heads, mask, j, D: tl.constexpr):
+    """Values j of the given heads of one token's q/k/v projection, fp32."""
+    return tl.load(qkv_ptr + heads[:, None] * D + j[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _attn_split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, o_ptr, ml_ptr, scale, stride_kh, stride_kt, H, SPLITS,
-                       REP: tl.constexpr, REP_P: tl.constexpr, D: tl.constexpr, BLOCK_T: tl.constexpr,
+def _attn_split_kernel(qkv_ptr, inv_ptr, pos_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, scale, stride_kh, stride_kt, H,
+                       HKV, SPLITS, REP: tl.constexpr, REP_P: tl.constexpr, D: tl.constexpr, BLOCK_T: tl.constexpr,
                        PDL: tl.constexpr, DIRECT: tl.constexpr):
-    """Flash-decoding, one split of the sequence for one KV head and its REP query heads. DIRECT
-    (one split): the result itself goes to ``o_ptr`` in the output dtype, no combine step."""
+    """Flash-decoding for one new token, one split of the sequence for one KV head and its REP
+    query heads. The token's q, k, v come from the q/k/v projection: every program rotates its
+    query heads and the key (RoPE, HF's rotate-half channel pairs); split 0 writes the key and
+    value into the cache at ``pos``. The cached positions before ``pos`` are read from the cache and the new one
+    is taken from registers, so no program reads what another writes. DIRECT (one split): the
+    result goes to ``o_ptr`` in the output dtype, no combine step."""
     kh = tl.program_id(0)
     sp = tl.program_id(1)
+    half = tl.arange(0, D // 2)
+    d = tl.arange(0, D)
+    inv = tl.load(inv_ptr + half)
     _pdl_wait(PDL)
-    length = tl.load(len_ptr).to(tl.int32)
+    pos = tl.load(pos_ptr).to(tl.int32)
+    ang = pos.to(tl.float32) * inv
+    cos = tl.cos(ang)[None, :]
+    sin = tl.sin(ang)[None, :]
+    dt = k_ptr.dtype.element_ty
+    r = tl.arange(0, REP_P)
+    hm = r < REP
+    heads = kh * REP + r
+    x1 = _head_part(qkv_ptr, heads, hm, half, D)
+    x2 = _head_part(qkv_ptr, heads, hm, D // 2 + half, D)
+    q1 = (x1 * cos - x2 * sin).to(dt)  # (REP_P, D/2), the cache's dtype, as the dots below take it
+    q2 = (x2 * cos + x1 * sin).to(dt)
+    one = tl.arange(0, 1)
+    kidx = H + kh + one
+    y1 = _head_part(qkv_ptr, kidx, one < 1, half, D)
+    y2 = _head_part(qkv_ptr, kidx, one < 1, D // 2 + half, D)
+    k1 = (y1 * cos - y2 * sin).to(dt)  # (1, D/2)
+    k2 = (y2 * cos + y1 * sin).to(dt)
+    vn = _head_part(qkv_ptr, H + HKV + kh + one, one < 1, d, D).to(dt)  # (1, D)
+    at = kh * stride_kh + pos * stride_kt
+    if sp == 0:
+        tl.store(k_ptr + at + half[None, :], k1)
+        tl.store(k_ptr + at + D // 2 + half[None, :], k2)
+        tl.store(v_ptr + at + d[None, :], vn)
+    length = pos + 1
     per = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_T) * BLOCK_T
     t0 = sp * per
     t1 = tl.minimum(t0 + per, length)
-    r = tl.arange(0, REP_P)
-    d = tl.arange(0, D)
-    heads = kh * REP + r
-    q = tl.load(q_ptr + heads[:, None] * D + d[None, :], mask=(r < REP)[:, None], other=0.0)
+    cached_end = tl.minimum(t1, pos)  # this split's positions already in the cache
     m = tl.full((REP_P,), float("-inf"), tl.float32)
     den = tl.zeros((REP_P,), tl.float32)  # softmax denominators
     acc = tl.zeros((REP_P, D), tl.float32)
     tt = tl.arange(0, BLOCK_T)
-    for t in range(t0, t1, BLOCK_T):
+    for t in range(t0, cached_end, BLOCK_T):
         ts = t + tt
-        valid = ts < t1
-        kv_off = kh * stride_kh + ts[:, None] * stride_kt + d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=valid[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale  # (REP_P, BLOCK_T)
+        valid = ts < cached_end
+        row = kh * stride_kh + ts[:, None] * stride_kt
+        ka = tl.load(k_ptr + row + half[None, :], mask=valid[:, None], other=0.0)
+        kb = tl.load(k_ptr + row + D // 2 + half[None, :], mask=valid[:, None], other=0.0)
+        s = (tl.dot(q1, tl.trans(ka), out_dtype=tl.float32) + tl.dot(q2, tl.trans(kb), out_dtype=tl.float32)) * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
-        v = tl.load(v_ptr + kv_off, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + row + d[None, :], mask=valid[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
         den = den * alpha + tl.sum(p, axis=1)
         m = m_new
+    if (t0 <= pos) & (pos < t1):  # the new token falls in this split
+        s = (tl.sum(q1.to(tl.float32) * k1.to(tl.float32), axis=1)
+             + tl.sum(q2.to(tl.float32) * k2.to(tl.float32), axis=1)) * scale  # (REP_P,)
+        m_new = tl.maximum(m, s)
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new)
+        acc = acc * alpha[:, None] + p[:, None] * vn.to(tl.float32)
+        den = den * alpha + p
+        m = m_new
     if DIRECT:
         out = acc / den[:, None]
-        tl.store(o_ptr + heads[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=(r < REP)[:, None])
+        tl.store(o_ptr + heads[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=hm[:, None])
     else:
         rows = heads * SPLITS + sp
-        tl.store(o_ptr + rows[:, None] * D + d[None, :], acc, mask=(r < REP)[:, None])
-        tl.store(ml_ptr + rows * 2, m, mask=r < REP)
-        tl.store(ml_ptr + rows * 2 + 1, den, mask=r < REP)
+        tl.store(o_ptr + rows[:, None] * D + d[None, :], acc, mask=hm[:, None])
+        tl.store(ml_ptr + rows * 2, m, mask=hm)
+        tl.store(ml_ptr + rows * 2 + 1, den, mask=hm)
 
 
 @triton.jit
@@ -155,21 +161,23 @@ def _attn_combine_kernel(o_ptr, ml_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.con
     tl.store(out_ptr + h * D + d, out.to(out_ptr.dtype.element_ty))
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: torch.Tensor,
-                     out: torch.Tensor, partial: torch.Tensor, ml: torch.Tensor, scale: float,
-                     block_t: int = 64, pdl: bool = False, splits: int | None = None) -> torch.Tensor:
-    """One query per head: q (H·D,) against the first ``length`` (int64 (1,) on the device)
-    positions of the caches (1, HKV, T, D) → out (H·D,). ``partial`` fp32 (H, S, D) and ``ml`` fp32
-    (H, S, 2) hold the splits' partial sums; ``splits`` (a power of two ≤ S, default S) runs
+def decode_attention(qkv: torch.Tensor, inv_freq: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, out: torch.Tensor, partial: torch.Tensor, ml: torch.Tensor, scale: float,
+                     heads: int, block_t: int = 64, pdl: bool = False, splits: int | None = None) -> torch.Tensor:
+    """One new token at position ``pos`` (int64 (1,) on the device): its q/k/v projection ``qkv``
+    (1, (H + 2·HKV)·D, any float dtype) is rotated to ``pos``, its key and value written into the
+    caches (1, HKV, T, D), and its attention over positions 0..pos → out (H·D,). ``partial`` fp32
+    (H, S, D) and ``ml`` fp32 (H, S, 2) hold the splits' partial sums; ``splits`` (a power of two ≤ S, default S) runs
     whatever the length, so one launch shape serves every position. One split needs no combine."""
-    heads, max_splits, d = partial.shape
+    n_heads, max_splits, d = partial.shape
+    assert n_heads == heads
     splits = splits or max_splits
     kv_heads = k_cache.shape[1]
     rep = heads // kv_heads
-    _attn_split_kernel[(kv_heads, splits)](q, k_cache, v_cache, length, out if splits == 1 else partial, ml, scale,
-                                           k_cache.stride(1), k_cache.stride(2), heads, splits, REP=rep,
-                                           REP_P=max(16, triton.next_power_of_2(rep)), D=d, BLOCK_T=block_t,
-                                           PDL=pdl, DIRECT=splits == 1, num_warps=4, **_pdl(pdl))
+    _attn_split_kernel[(kv_heads, splits)](
+        qkv, inv_freq, pos, k_cache, v_cache, out if splits == 1 else partial, ml, scale, k_cache.stride(1),
+        k_cache.stride(2), heads, kv_heads, splits, REP=rep, REP_P=max(16, triton.next_power_of_2(rep)), D=d,
+        BLOCK_T=block_t, PDL=pdl, DIRECT=splits == 1, num_warps=4, **_pdl(pdl))
     if splits > 1:
         _attn_combine_kernel[(heads,)](partial, ml, out, SPLITS=splits, D=d, PDL=pdl, num_warps=1, **_pdl(pdl))
     return out

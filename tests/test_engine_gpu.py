@@ -25,12 +25,15 @@ def shards(request, tmp_path_factory):
     return root / "s"
 
 
-@pytest.mark.parametrize("graphs,prompt_len", [(True, 37), (False, 37), (True, 250)])
-def test_fused_decode_matches_eager(shards, graphs, prompt_len):
-    """250 + 20 tokens cross from the one-split attention graph to the split one."""
+@pytest.mark.parametrize("graphs,prompt_len,row_kernel", [(True, 37, "row"), (False, 37, "row"), (True, 250, "row"),
+                                                       (True, 250, "dot")])
+def test_fused_decode_matches_eager(shards, graphs, prompt_len, row_kernel):
+    """250 + 20 tokens cross from the one-split attention graph to the split one; the tensor-core
+    kernel serves one row too."""
     torch.manual_seed(0)
     prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
-    fast = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16, cuda_graphs=graphs)
+    settings = KernelSettings(row_kernel=row_kernel)
+    fast = Engine(load_shards(shards, "cuda", torch.float16, settings), 512, torch.float16, cuda_graphs=graphs)
     eager = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16)
     eager.fast = eager.use_graph = False
     assert fast.fast and fast.use_graph == graphs

@@ -46,13 +46,10 @@ def kernels(pdl: bool):
         "add_rms_norm": (ops._add_rms_norm_kernel, {"x_ptr": "*fp32", "res_ptr": "*fp32", "w_ptr": "*fp16",
                                                     "y_ptr": "*fp16", "N": "i32", "eps": "fp32"},
                          dict(HAS_RES=True, BLOCK=4096, PDL=pdl), 4),
-        "rope_kv": (ops._rope_kv_kernel, {"qkv_ptr": "*fp32", "inv_ptr": "*fp32", "pos_ptr": "*i64", "q_ptr": "*fp16",
-                                          "k_ptr": "*fp16", "v_ptr": "*fp16", "stride_kh": "i32", "stride_kt": "i32",
-                                          "H": "i32", "HKV": "i32"},
-                    dict(D=128, PDL=pdl), 1),
-        "attn_split": (ops._attn_split_kernel, {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "len_ptr": "*i64",
-                                                "o_ptr": "*fp32", "ml_ptr": "*fp32", "scale": "fp32",
-                                                "stride_kh": "i32", "stride_kt": "i32", "H": "i32", "SPLITS": "i32"},
+        "attn_split": (ops._attn_split_kernel, {"qkv_ptr": "*fp32", "inv_ptr": "*fp32", "pos_ptr": "*i64",
+                                                "k_ptr": "*fp16", "v_ptr": "*fp16", "o_ptr": "*fp32", "ml_ptr": "*fp32",
+                                                "scale": "fp32", "stride_kh": "i32", "stride_kt": "i32", "H": "i32",
+                                                "HKV": "i32", "SPLITS": "i32"},
                        dict(REP=4, REP_P=16, D=128, BLOCK_T=64, PDL=pdl, DIRECT=False), 4),
         "attn_combine": (ops._attn_combine_kernel, {"o_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp16"},
                          dict(SPLITS=16, D=128, PDL=pdl), 1),
@@ -80,7 +77,7 @@ def test_every_kernel_compiles(arch):
     r = subprocess.run([sys.executable, __file__, str(arch)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["add_rms_norm", "attn_combine", "attn_split", "dequant", "dot-bf16", "dot-fp16",
-                                "rope_kv", "row-f32", "row-h2", "silu_mul"]
+                                "row-f32", "row-h2", "silu_mul"]
 
 
 if __name__ == "__main__":

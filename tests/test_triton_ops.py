@@ -38,35 +38,29 @@ def test_add_rms_norm(n, residual):
         assert torch.allclose(res, h)  # the sum went back into the fp32 residual
 
 
-@pytest.mark.parametrize("heads,kv_heads,d,pos", [(9, 3, 64, 37), (4, 4, 128, 0), (8, 2, 64, 511)])
-def test_rope_kv_writes_the_cache_at_the_device_position(heads, kv_heads, d, pos):
-    qkv = torch.randn(1, (heads + 2 * kv_heads) * d, generator=_g(pos)).to(DEVICE)
+@pytest.mark.parametrize("heads,kv_heads,d,pos,splits", [(9, 3, 64, 0, 4), (4, 4, 128, 299, 8), (28, 4, 128, 76, 16),
+                                                          (8, 2, 64, 999, 2), (8, 2, 64, 199, 1), (8, 2, 64, 64, 1)])
+def test_decode_attention_rotates_writes_the_cache_and_attends(heads, kv_heads, d, pos, splits):
+    """One new token at ``pos``: RoPE on its q and k, k and v written into the caches there, attention
+    over positions 0..pos (the earlier ones read from the cache, the new one from registers)."""
+    qkv = torch.randn(1, (heads + 2 * kv_heads) * d, generator=_g(pos)) * 3
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    kc = torch.full((1, kv_heads, 600, d), float("nan"), dtype=torch.float16, device=DEVICE)
-    vc = torch.full_like(kc, float("nan"))
-    q = torch.full((heads * d,), float("nan"), dtype=torch.float16, device=DEVICE)
-    ops.rope_kv(qkv, inv.to(DEVICE), torch.tensor([pos], device=DEVICE), q, kc, vc, heads, kv_heads)
-    rq, rk, rv = rope_kv_reference(qkv.cpu(), inv, pos, heads, kv_heads, d)
-    assert _rel(q.view(heads, d), rq) < 2e-3
-    assert _rel(kc[0, :, pos], rk) < 2e-3 and _rel(vc[0, :, pos], rv) < 2e-3
-    others = torch.cat([kc[0, :, :pos], kc[0, :, pos + 1:]], dim=1)
-    assert torch.isnan(others).all()  # nothing else written
-
-
-@pytest.mark.parametrize("heads,kv_heads,d,length,splits", [(9, 3, 64, 1, 4), (4, 4, 128, 300, 8),
-                                                             (28, 4, 128, 77, 16), (8, 2, 64, 1000, 2),
-                                                             (8, 2, 64, 200, 1)])
-def test_decode_attention(heads, kv_heads, d, length, splits):
-    q = torch.randn(heads * d, generator=_g(length)).half().to(DEVICE)
-    k = torch.randn(1, kv_heads, 1024, d, generator=_g(length + 1)).half().to(DEVICE)
-    v = torch.randn(1, kv_heads, 1024, d, generator=_g(length + 2)).half().to(DEVICE)
-    k[:, :, length:] = float("nan")  # positions past the length must not be read
-    v[:, :, length:] = float("nan")
+    k = torch.randn(1, kv_heads, 1024, d, generator=_g(pos + 1)).half()
+    v = torch.randn(1, kv_heads, 1024, d, generator=_g(pos + 2)).half()
+    k[:, :, pos:] = float("nan")  # the new position is written, later ones must not be read
+    v[:, :, pos:] = float("nan")
+    kd, vd = k.to(DEVICE), v.to(DEVICE)
     out = torch.full((heads * d,), float("nan"), dtype=torch.float16, device=DEVICE)
     part = torch.empty(heads, splits, d, dtype=torch.float32, device=DEVICE)
     ml = torch.empty(heads, splits, 2, dtype=torch.float32, device=DEVICE)
-    ops.decode_attention(q, k, v, torch.tensor([length], device=DEVICE), out, part, ml, d ** -0.5, block_t=32)
-    ref = decode_attention_reference(q.view(heads, d), k[0, :, :length], v[0, :, :length], d ** -0.5)
+    ops.decode_attention(qkv.to(DEVICE), inv.to(DEVICE), torch.tensor([pos], device=DEVICE), kd, vd, out, part, ml,
+                         d ** -0.5, heads, block_t=32)
+    rq, rk, rv = rope_kv_reference(qkv, inv, pos, heads, kv_heads, d)
+    assert _rel(kd[0, :, pos], rk) < 2e-3 and _rel(vd[0, :, pos], rv) < 2e-3
+    assert torch.isnan(kd[0, :, pos + 1:].float()).all() and torch.isnan(vd[0, :, pos + 1:].float()).all()
+    keys = torch.cat([k[0, :, :pos].float(), rk[:, None]], dim=1)
+    values = torch.cat([v[0, :, :pos].float(), rv[:, None]], dim=1)
+    ref = decode_attention_reference(rq, keys, values, d ** -0.5)
     assert _rel(out.view(heads, d), ref) < 3e-3
 
 
