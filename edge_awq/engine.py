@@ -96,6 +96,10 @@ class Engine:
         """Append ``ids`` to the cache; the logits (vocab,) fp32 after the last of them."""
         if not ids:
             raise EdgeAwqError("nothing to prefill")
+        bad = next((t for t in ids if not 0 <= t < self.cfg.vocab_size), None)
+        if bad is not None:  # on the GPU an out-of-range id is a device-side assert that ends the process
+            raise EdgeAwqError(f"token id {bad} is outside the model's vocabulary of {self.cfg.vocab_size} "
+                               f"(does the tokenizer belong to this model?)")
         if self.cache.length + len(ids) > self.cache.max_len:
             raise EdgeAwqError(f"context full: {self.cache.length} + {len(ids)} tokens exceed the KV cache of "
                                f"{self.cache.max_len}")
@@ -107,6 +111,8 @@ class Engine:
         """Feed one token; the logits (vocab,) fp32 for the next."""
         if self.cache.length + 1 > self.cache.max_len:
             raise EdgeAwqError(f"context full: the KV cache holds {self.cache.max_len} tokens")
+        if not 0 <= token < self.cfg.vocab_size:
+            raise EdgeAwqError(f"token id {token} is outside the model's vocabulary of {self.cfg.vocab_size}")
         if not self.fast:
             return self._eager([token])
         pos = self.cache.length

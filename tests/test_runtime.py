@@ -52,6 +52,18 @@ def test_engine_matches_the_reference_generation(shards):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_engine_refuses_token_ids_outside_the_vocabulary(shards):
+    """A tokenizer that does not belong to the model gives ids past its vocabulary: a clear error
+    (on a GPU the embedding lookup would end the process with a device-side assert), nothing cached."""
+    engine = Engine(load_shards(shards, "cpu", torch.float32, KernelSettings()), 64, torch.float32)
+    vocab = engine.cfg.vocab_size
+    with pytest.raises(EdgeAwqError, match=f"token id {vocab} is outside the model's vocabulary of {vocab}"):
+        engine.prefill([1, 2, vocab])
+    with pytest.raises(EdgeAwqError, match="token id -1 is outside"):
+        engine.decode(-1)
+    assert engine.length == 0 and engine.ids == []
+
+
 def test_loader_refuses_a_corrupt_shard_before_use(shards, tmp_path):
     bad = corrupted_copy(shards, tmp_path / "bad", "model-layer-007.safetensors", -10)
     with pytest.raises(EdgeAwqError, match="model-layer-007.safetensors: sha256 mismatch"):

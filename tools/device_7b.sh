@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, in two calls (the machine keeps .device/w between calls while warm):
 #   build   — a Llama-2-7B-shaped random model (its vocabulary of 32000; the carried SmolLM2
-#             tokenizer in .device/tok is copied in for the chat, whose ids stay below that), RTN-quantized
+#             tokenizer in .device/tok is copied in for the chat; with the system prompt "Be brief." the
+#             scripted turns' ids stay below 32000, its default one does not), RTN-quantized
 #             on the GPU, split as 4-bit and as a dense fp16 reference;
 #             the first half of the SmolLM2 shard folder (.device/smA) put aside
 #   measure — the second half (.device/smB): SmolLM2 GPU-vs-CPU greedy parity and a scripted chat;
@@ -19,8 +20,8 @@ fi
 if [ "$1" = quick ]; then  # the step's kernel table, cold start and the 4-bit bench only
   python3 $REPO/tools/profile_step.py $W/s4 2>&1 | grep -v Warn > $OUT/step.txt; cat $OUT/step.txt
   export TRITON_CACHE_DIR=/tmp/triton-cold; rm -rf $TRITON_CACHE_DIR
-  python3 $REPO/tools/cold_start.py $W/s4 > $OUT/cold.txt 2>$OUT/cold_err.txt
-  python3 $REPO/tools/cold_start.py $W/s4 > $OUT/warm.txt 2>$OUT/warm_err.txt
+  python3 $REPO/tools/cold_start.py $W/s4 --system "Be brief." > $OUT/cold.txt 2>$OUT/cold_err.txt
+  python3 $REPO/tools/cold_start.py $W/s4 --system "Be brief." > $OUT/warm.txt 2>$OUT/warm_err.txt
   ea bench $W/s4 --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench4.json > $OUT/bench4.txt 2>&1
   cat $OUT/cold.txt $OUT/warm.txt; grep -E "^(loaded|memory)|^\|" $OUT/bench4.txt; grep -E "loaded in" $OUT/warm_err.txt
   exit 0
@@ -37,12 +38,12 @@ printf 'What is the capital of France?\nAnd of Italy?\nAnd of Spain?\n' | ea cha
 ea bench $W/sm --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench_smollm2.json > $OUT/bench_smollm2.txt 2>&1
 export TRITON_CACHE_DIR=/tmp/triton-cold
 rm -rf $TRITON_CACHE_DIR
-python3 $REPO/tools/cold_start.py $W/s4 > $OUT/cold.txt 2>$OUT/cold_err.txt
-python3 $REPO/tools/cold_start.py $W/s4 > $OUT/warm.txt 2>$OUT/warm_err.txt
+python3 $REPO/tools/cold_start.py $W/s4 --system "Be brief." > $OUT/cold.txt 2>$OUT/cold_err.txt
+python3 $REPO/tools/cold_start.py $W/s4 --system "Be brief." > $OUT/warm.txt 2>$OUT/warm_err.txt
 ea bench $W/s4 --prompt-lengths 128,1024 --new-tokens 128 --json $OUT/bench4.json --plot $OUT/bench4.png \
   > $OUT/bench4.txt 2>&1
 ea bench $W/s16 --prompt-lengths 128 --new-tokens 128 --json $OUT/bench16.json > $OUT/bench16.txt 2>&1
-printf 'Hello!\nTell me more.\nThanks.\n' | ea chat $W/s4 --temperature 0 --max-new-tokens 32 \
+printf 'Hello!\nTell me more.\nThanks.\n' | ea chat $W/s4 --system "Be brief." --temperature 0 --max-new-tokens 32 \
   > $OUT/chat7b.txt 2>&1
 tail -3 $OUT/chat_smollm2.txt; grep "^|" $OUT/bench_smollm2.txt
 cat $OUT/cold.txt $OUT/warm.txt; grep -E "^(model|profile|loaded|memory)" $OUT/bench4.txt
