@@ -66,7 +66,7 @@ class Engine:
         # memory); a reader thread feeding the slots cannot be captured.
         self.use_graph = self.fast and cuda_graphs and (loaded.ring is None or loaded.ring.streamer.capturable)
         self.pdl = loaded.settings.pdl
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # by attention splits
+        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # by (attention splits, greedy advance)
         if self.fast:
             self._allocate_step_buffers()
 
@@ -118,14 +118,11 @@ class Engine:
         pos = self.cache.length
         self._host_state.copy_(torch.tensor([token, pos, pos + 1], dtype=torch.int64))
         self._state.copy_(self._host_state, non_blocking=True)
-        splits = 1 if pos + 1 <= SHORT_CONTEXT else ATTENTION_SPLITS
         if self.use_graph:
-            if splits not in self._graphs:
-                self._graphs[splits] = self._capture(splits)
-            self._graphs[splits].replay()
+            self._graph(pos, advance=False).replay()
         else:
             with torch.inference_mode():
-                self._step(splits)
+                self._step(_splits(pos))
         self.cache.length = pos + 1
         self.ids.append(token)
         return self._logits[0]
@@ -149,6 +146,9 @@ class Engine:
         tok = next_token(logits, history, params, generator)
         t1 = time.perf_counter()
         self.last = StepTimes(len(new_ids), t1 - t0, 0, 0.0)
+        if self.use_graph and params.temperature == 0 and params.repetition_penalty == 1.0:
+            yield from self._greedy_pipelined(tok, len(new_ids), t0, t1, params, eos)
+            return
         n = 0
         while True:
             if tok in eos:
@@ -163,12 +163,60 @@ class Engine:
             tok = next_token(logits, history, params, generator)
             self.last = StepTimes(len(new_ids), t1 - t0, n, time.perf_counter() - t1)
 
+    def _greedy_pipelined(self, tok: int, n_prompt: int, t0: float, t1: float, params: SamplingParams,
+                          eos: set[int]) -> Iterator[int]:
+        """Greedy decoding with the argmax inside the captured step, which also feeds the chosen
+        token and advances the position on the device: the host launches step n + 1 before it
+        reads step n's token, so the GPU never waits for the Python loop. Stopping (EOS, the
+        limit, a full cache) leaves at most one extra step computed past the cache's length,
+        which counts for nothing (as with ``truncate``). Same tokens as ``next_token``'s argmax."""
+        n = 0
+        pos = self.cache.length  # where ``tok`` is fed
+        if tok in eos:
+            return
+        yield tok
+        n += 1
+        if n >= params.max_new_tokens or pos >= self.cache.max_len:
+            return
+        self._host_state.copy_(torch.tensor([tok, pos, pos + 1], dtype=torch.int64))
+        self._state.copy_(self._host_state, non_blocking=True)
+        fed = tok  # what the step at ``pos`` feeds
+
+        def launch(p: int) -> None:
+            self._graph(p, advance=True).replay()
+            slot = p % 2
+            self._host_tokens[slot].copy_(self._state[0], non_blocking=True)
+            self._token_ready[slot].record()
+
+        launch(pos)
+        while True:
+            # the step after this one, on the guess that this one's token is neither EOS nor the last
+            ahead = n + 1 < params.max_new_tokens and pos + 1 < self.cache.max_len
+            if ahead:
+                launch(pos + 1)
+            self._token_ready[pos % 2].synchronize()
+            tok = int(self._host_tokens[pos % 2])
+            self.cache.length = pos + 1
+            self.ids.append(fed)
+            fed = tok
+            self.last = StepTimes(n_prompt, t1 - t0, n, time.perf_counter() - t1)
+            if tok in eos:
+                return
+            yield tok
+            n += 1
+            if not ahead:
+                return
+            pos += 1
+
     # ------------------------------------------------------------------ the fused decode step
 
     def _allocate_step_buffers(self) -> None:
         cfg, dev, dt = self.cfg, self.device, self.dtype
         h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self._host_state = torch.zeros(3, dtype=torch.int64, pin_memory=True)
+        # greedy tokens read back from the device, by the parity of their step
+        self._host_tokens = torch.zeros(2, dtype=torch.int64, pin_memory=True)
+        self._token_ready = [torch.cuda.Event(), torch.cuda.Event()] if self.use_graph else []
         self._state = torch.zeros(3, dtype=torch.int64, device=dev)  # token, position, length
         self._residual = torch.zeros(1, h, dtype=torch.float32, device=dev)
         self._normed = torch.zeros(1, h, dtype=dt, device=dev)
@@ -193,7 +241,9 @@ class Engine:
             return mod(x, accumulate_into=slot)
         return mod(x)
 
-    def _step(self, splits: int) -> None:
+    def _step(self, splits: int, advance: bool = False) -> None:
+        """One token through the model (state: token, position, length on the device); ``advance``:
+        then the greedy next token and position replace them, for the next step to read."""
         from edge_awq.kernels import triton_ops as ops
 
         cfg, m = self.cfg, self.model
@@ -223,10 +273,21 @@ class Engine:
                 layer.release()
         ops.add_rms_norm(prev, m.model.norm.weight, eps, self._normed, self._residual, pdl=self.pdl)
         self._logits.copy_(m.lm_head(self._normed))
+        if advance:
+            self._state[0:1].copy_(torch.argmax(self._logits, dim=-1))
+            self._state[1:].add_(1)
 
-    def _capture(self, splits: int) -> torch.cuda.CUDAGraph:
+    def _graph(self, pos: int, advance: bool) -> torch.cuda.CUDAGraph:
+        """The captured step for a token at ``pos`` (one attention split up to SHORT_CONTEXT)."""
+        key = (_splits(pos), advance)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(*key)
+        return self._graphs[key]
+
+    def _capture(self, splits: int, advance: bool) -> torch.cuda.CUDAGraph:
         """Run the step once (compiling its kernels), then capture it in a CUDA graph. Capturing
-        runs nothing; the replay that follows computes this position again."""
+        runs nothing; the replay that follows computes this position again (the warm-up run does
+        not advance the state, so the replay reads the same one)."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
@@ -234,9 +295,15 @@ class Engine:
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g), torch.inference_mode():
-            self._step(splits)
-        log.info("decode step captured in a CUDA graph (%d attention split%s)", splits, "s" if splits > 1 else "")
+            self._step(splits, advance)
+        log.info("decode step captured in a CUDA graph (%d attention split%s%s)", splits, "s" if splits > 1 else "",
+                 ", greedy token fed back on the device" if advance else "")
         return g
+
+
+def _splits(pos: int) -> int:
+    """Attention splits for a token at ``pos``: one while the context is short (no combine step)."""
+    return 1 if pos + 1 <= SHORT_CONTEXT else ATTENTION_SPLITS
 
 
 def _has_triton() -> bool:

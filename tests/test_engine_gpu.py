@@ -68,6 +68,33 @@ def test_generate_on_gpu_is_seeded_and_stops(shards):
     assert eng.length == 128
 
 
+@pytest.mark.parametrize("prompt_len,eos_at", [(30, None), (240, None), (30, 9)])
+def test_pipelined_greedy_matches_step_by_step(shards, prompt_len, eos_at):
+    """Greedy generation feeds the argmax back on the device and launches a step ahead; the tokens,
+    the cached ids and the cache length are those of feeding each token by hand (``decode`` +
+    argmax on the same graphs' logits). 240 + 40 tokens cross into the split-attention graph; an
+    EOS stops it with the extra step left outside the cache."""
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
+    eng = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16)
+    ref, logits = [], eng.prefill(prompt)
+    for _ in range(40):
+        ref.append(int(torch.argmax(logits)))
+        logits = eng.decode(ref[-1])
+    ref_ids = list(eng.ids)
+    eos = set() if eos_at is None else {ref[eos_at]}
+    want = ref if eos_at is None else ref[:ref.index(ref[eos_at])]
+    eng.reset()
+    got = list(eng.generate(prompt, SamplingParams(max_new_tokens=40), eos))
+    assert got == want
+    assert eng.ids == ref_ids[:prompt_len + len(want) - (1 if eos_at is None else 0)]
+    assert eng.length == len(eng.ids)
+    assert eng.last.decode_tokens == len(want) - (1 if eos_at is None else 0)
+    # the cache holds what it should: continuing by hand gives the reference's next logits
+    if eos_at is None:
+        torch.testing.assert_close(eng.decode(got[-1]), logits, rtol=1e-3, atol=1e-3)  # split-K sums: any order
+
+
 @pytest.mark.parametrize("source,prefetch", [("host", True), ("host", False), ("file", True), ("file", False)])
 def test_streamed_layers_decode_as_resident_ones(shards, source, prefetch, tmp_path):
     """A budget of two layers beside embeddings, head and cache: with prefetch all three layers

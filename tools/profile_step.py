@@ -40,7 +40,7 @@ def step_ms(engine: Engine, replays: int = 64) -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(replays):
-            engine._graphs[1].replay()
+            engine._graphs[(1, False)].replay()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / replays)
@@ -51,7 +51,7 @@ def kernel_table(engine: Engine, replays: int = 16) -> list[tuple[str, float, fl
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
-            engine._graphs[1].replay()
+            engine._graphs[(1, False)].replay()
         torch.cuda.synchronize()
     total, count = defaultdict(float), defaultdict(int)
     for ev in prof.events():
