@@ -365,6 +365,7 @@ def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, p
         session = ChatSession(rt.engine, rt.tokenizer, rt.eos, params, system, tuple(stop))
         lines = [prompt] if prompt is not None else None
         tty = sys.stdin.isatty() and lines is None
+        failed = 0
         while True:
             try:
                 if lines is not None:
@@ -407,7 +408,12 @@ def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, p
                 continue
             if not tty:
                 click.echo(f"> {text}")
-            answer, s = session.ask(text, lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            try:
+                answer, s = session.ask(text, lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+            except EdgeAwqError as e:  # this turn cannot run (too long, a foreign token id): the session goes on
+                click.echo(f"error: {e}", err=True)
+                failed += 1
+                continue
             click.echo("")
             note = {"length": " (token limit)", "context": " (context full)", "interrupted": " (stopped)",
                     "stop string": " (stop string)"}.get(s.stopped, "")
@@ -415,6 +421,8 @@ def chat(shard_dir, profile, device, dtype, context, memory_budget, no_graphs, p
             click.echo(f"[{s.new_tokens} tokens{note}; TTFT {s.ttft_seconds * 1e3:.0f} ms, "
                        f"{s.decode_tokens_per_s:.1f} tok/s; prefill {s.prefill_tokens} of {s.prompt_tokens} "
                        f"tokens{dropped}; {_memory_now(rt)}]", err=True)
+        if failed and not tty:  # a script, or --prompt: its caller learns that a turn failed
+            raise EdgeAwqError(f"{failed} turn{'s' if failed > 1 else ''} failed")
     _run(go)
 
 

@@ -107,6 +107,17 @@ def test_chat_commands_and_context_limit(shards):
     assert "dropped" in r.stderr and "oldest turns" in r.stderr
 
 
+def test_chat_turn_that_cannot_run_reports_and_goes_on(shards):
+    """A message longer than the context fails its turn with the reason; the next one is answered,
+    and a scripted session ends with a non-zero status."""
+    script = ("word " * 120).strip() + "\nHi!\n"
+    r = CliRunner().invoke(main, ["chat", str(shards), "--temperature", "0", "--max-new-tokens", "8",
+                                  "--context", "64"], input=script)
+    assert "error: the message is" in r.stderr and "the context holds 64" in r.stderr
+    assert len(_turn_stats(r.stderr)) == 1  # the second turn ran
+    assert r.exit_code == 2 and "error: 1 turn failed" in r.stderr
+
+
 def test_chat_one_prompt_and_sampling(shards):
     args = ["chat", str(shards), "--prompt", "Name a colour.", "--max-new-tokens", "10", "--seed", "3"]
     a, b = CliRunner().invoke(main, args), CliRunner().invoke(main, args)
