@@ -96,10 +96,7 @@ class Engine:
         """Append ``ids`` to the cache; the logits (vocab,) fp32 after the last of them."""
         if not ids:
             raise EdgeAwqError("nothing to prefill")
-        bad = next((t for t in ids if not 0 <= t < self.cfg.vocab_size), None)
-        if bad is not None:  # on the GPU an out-of-range id is a device-side assert that ends the process
-            raise EdgeAwqError(f"token id {bad} is outside the model's vocabulary of {self.cfg.vocab_size} "
-                               f"(does the tokenizer belong to this model?)")
+        self._check_ids(ids)
         if self.cache.length + len(ids) > self.cache.max_len:
             raise EdgeAwqError(f"context full: {self.cache.length} + {len(ids)} tokens exceed the KV cache of "
                                f"{self.cache.max_len}")
@@ -111,13 +108,11 @@ class Engine:
         """Feed one token; the logits (vocab,) fp32 for the next."""
         if self.cache.length + 1 > self.cache.max_len:
             raise EdgeAwqError(f"context full: the KV cache holds {self.cache.max_len} tokens")
-        if not 0 <= token < self.cfg.vocab_size:
-            raise EdgeAwqError(f"token id {token} is outside the model's vocabulary of {self.cfg.vocab_size}")
+        self._check_ids([token])
         if not self.fast:
             return self._eager([token])
         pos = self.cache.length
-        self._host_state.copy_(torch.tensor([token, pos, pos + 1], dtype=torch.int64))
-        self._state.copy_(self._host_state, non_blocking=True)
+        self._set_state(token, pos)
         if self.use_graph:
             self._graph(pos, advance=False).replay()
         else:
@@ -126,6 +121,17 @@ class Engine:
         self.cache.length = pos + 1
         self.ids.append(token)
         return self._logits[0]
+
+    def _check_ids(self, ids: list[int]) -> None:
+        bad = next((t for t in ids if not 0 <= t < self.cfg.vocab_size), None)
+        if bad is not None:  # on the GPU an out-of-range id is a device-side assert that ends the process
+            raise EdgeAwqError(f"token id {bad} is outside the model's vocabulary of {self.cfg.vocab_size} "
+                               f"(does the tokenizer belong to this model?)")
+
+    def _set_state(self, token: int, pos: int) -> None:
+        """The token the next step feeds and its position, into the device state the graphs read."""
+        self._host_state.copy_(torch.tensor([token, pos], dtype=torch.int64))
+        self._state.copy_(self._host_state, non_blocking=True)
 
     def _eager(self, ids: list[int]) -> torch.Tensor:
         """The shared model code over ``ids`` (prefill, or decode where there is no fast path)."""
@@ -178,8 +184,7 @@ class Engine:
         n += 1
         if n >= params.max_new_tokens or pos >= self.cache.max_len:
             return
-        self._host_state.copy_(torch.tensor([tok, pos, pos + 1], dtype=torch.int64))
-        self._state.copy_(self._host_state, non_blocking=True)
+        self._set_state(tok, pos)
         fed = tok  # what the step at ``pos`` feeds
 
         def launch(p: int) -> None:
@@ -213,11 +218,11 @@ class Engine:
     def _allocate_step_buffers(self) -> None:
         cfg, dev, dt = self.cfg, self.device, self.dtype
         h, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self._host_state = torch.zeros(3, dtype=torch.int64, pin_memory=True)
+        self._host_state = torch.zeros(2, dtype=torch.int64, pin_memory=True)
         # greedy tokens read back from the device, by the parity of their step
         self._host_tokens = torch.zeros(2, dtype=torch.int64, pin_memory=True)
         self._token_ready = [torch.cuda.Event(), torch.cuda.Event()] if self.use_graph else []
-        self._state = torch.zeros(3, dtype=torch.int64, device=dev)  # token, position, length
+        self._state = torch.zeros(2, dtype=torch.int64, device=dev)  # token, position
         self._residual = torch.zeros(1, h, dtype=torch.float32, device=dev)
         self._normed = torch.zeros(1, h, dtype=dt, device=dev)
         self._attn = torch.zeros(1, q, dtype=dt, device=dev)
@@ -242,7 +247,7 @@ class Engine:
         return mod(x)
 
     def _step(self, splits: int, advance: bool = False) -> None:
-        """One token through the model (state: token, position, length on the device); ``advance``:
+        """One token through the model (state: token and position, on the device); ``advance``:
         then the greedy next token and position replace them, for the next step to read."""
         from edge_awq.kernels import triton_ops as ops
 
@@ -261,7 +266,7 @@ class Engine:
             a = blk.self_attn
             qkv = self._linear(a.qkv_proj, self._normed, slots[0])
             ops.decode_attention(qkv, m.inv_freq, pos, self.cache.k[i], self.cache.v[i], self._attn.view(-1),
-                                 self._partial, self._ml, scale, cfg.num_heads, pdl=self.pdl, splits=splits)
+                                 self._partial, self._ml, scale, pdl=self.pdl, splits=splits)
             o = self._linear(a.o_proj, self._attn, slots[1])
             ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])

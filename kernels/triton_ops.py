@@ -163,14 +163,13 @@ def _attn_combine_kernel(o_ptr, ml_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.con
 
 def decode_attention(qkv: torch.Tensor, inv_freq: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
                      v_cache: torch.Tensor, out: torch.Tensor, partial: torch.Tensor, ml: torch.Tensor, scale: float,
-                     heads: int, block_t: int = 64, pdl: bool = False, splits: int | None = None) -> torch.Tensor:
+                     block_t: int = 64, pdl: bool = False, splits: int | None = None) -> torch.Tensor:
     """One new token at position ``pos`` (int64 (1,) on the device): its q/k/v projection ``qkv``
     (1, (H + 2·HKV)·D, any float dtype) is rotated to ``pos``, its key and value written into the
     caches (1, HKV, T, D), and its attention over positions 0..pos → out (H·D,). ``partial`` fp32
     (H, S, D) and ``ml`` fp32 (H, S, 2) hold the splits' partial sums; ``splits`` (a power of two ≤ S, default S) runs
     whatever the length, so one launch shape serves every position. One split needs no combine."""
-    n_heads, max_splits, d = partial.shape
-    assert n_heads == heads
+    heads, max_splits, d = partial.shape
     splits = splits or max_splits
     kv_heads = k_cache.shape[1]
     rep = heads // kv_heads

@@ -54,7 +54,7 @@ def test_decode_attention_rotates_writes_the_cache_and_attends(heads, kv_heads, 
     part = torch.empty(heads, splits, d, dtype=torch.float32, device=DEVICE)
     ml = torch.empty(heads, splits, 2, dtype=torch.float32, device=DEVICE)
     ops.decode_attention(qkv.to(DEVICE), inv.to(DEVICE), torch.tensor([pos], device=DEVICE), kd, vd, out, part, ml,
-                         d ** -0.5, heads, block_t=32)
+                         d ** -0.5, block_t=32)
     rq, rk, rv = rope_kv_reference(qkv, inv, pos, heads, kv_heads, d)
     assert _rel(kd[0, :, pos], rk) < 2e-3 and _rel(vd[0, :, pos], rv) < 2e-3
     assert torch.isnan(kd[0, :, pos + 1:].float()).all() and torch.isnan(vd[0, :, pos + 1:].float()).all()
