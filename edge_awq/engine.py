@@ -35,7 +35,7 @@ from .stream import StreamedBlock
 log = logging.getLogger(__name__)
 
 ATTENTION_SPLITS = 16  # flash-decoding splits of the sequence (a power of two)
-SHORT_CONTEXT = 256  # up to this many cached tokens, one split: no combine step (a second captured graph)
+SHORT_CONTEXT = 512  # up to this many cached tokens, 32-key attention steps; beyond, 64 (a second graph)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Engine:
         # memory); a reader thread feeding the slots cannot be captured.
         self.use_graph = self.fast and cuda_graphs and (loaded.ring is None or loaded.ring.streamer.capturable)
         self.pdl = loaded.settings.pdl
-        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # by (attention splits, greedy advance)
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # by (attention shape, greedy advance)
         if self.fast:
             self._allocate_step_buffers()
 
@@ -117,7 +117,7 @@ class Engine:
             self._graph(pos, advance=False).replay()
         else:
             with torch.inference_mode():
-                self._step(_splits(pos))
+                self._step(*_attention_shape(pos))
         self.cache.length = pos + 1
         self.ids.append(token)
         return self._logits[0]
@@ -230,6 +230,7 @@ class Engine:
         self._logits = torch.zeros(1, cfg.vocab_size, dtype=torch.float32, device=dev)
         self._partial = torch.zeros(cfg.num_heads, ATTENTION_SPLITS, cfg.head_dim, dtype=torch.float32, device=dev)
         self._ml = torch.zeros(cfg.num_heads, ATTENTION_SPLITS, 2, dtype=torch.float32, device=dev)
+        self._arrivals = torch.zeros(cfg.num_kv_heads, dtype=torch.int32, device=dev)
         # one fp32 slot per quantized linear of every layer: the decode kernels add into it
         widths = [q + 2 * kv, h, 2 * cfg.intermediate_size, h]
         self._arena = torch.zeros(cfg.num_layers * sum(widths), dtype=torch.float32, device=dev)
@@ -246,7 +247,7 @@ class Engine:
             return mod(x, accumulate_into=slot)
         return mod(x)
 
-    def _step(self, splits: int, advance: bool = False) -> None:
+    def _step(self, splits: int, block_t: int, advance: bool = False) -> None:
         """One token through the model (state: token and position, on the device); ``advance``:
         then the greedy next token and position replace them, for the next step to read."""
         from edge_awq.kernels import triton_ops as ops
@@ -266,7 +267,7 @@ class Engine:
             a = blk.self_attn
             qkv = self._linear(a.qkv_proj, self._normed, slots[0])
             ops.decode_attention(qkv, m.inv_freq, pos, self.cache.k[i], self.cache.v[i], self._attn.view(-1),
-                                 self._partial, self._ml, scale, pdl=self.pdl, splits=splits)
+                                 self._partial, self._ml, self._arrivals, scale, block_t, pdl=self.pdl, splits=splits)
             o = self._linear(a.o_proj, self._attn, slots[1])
             ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])
@@ -283,32 +284,33 @@ class Engine:
             self._state[1:].add_(1)
 
     def _graph(self, pos: int, advance: bool) -> torch.cuda.CUDAGraph:
-        """The captured step for a token at ``pos`` (one attention split up to SHORT_CONTEXT)."""
-        key = (_splits(pos), advance)
+        """The captured step for a token at ``pos`` (its attention shape, ``_attention_shape``)."""
+        key = (*_attention_shape(pos), advance)
         if key not in self._graphs:
             self._graphs[key] = self._capture(*key)
         return self._graphs[key]
 
-    def _capture(self, splits: int, advance: bool) -> torch.cuda.CUDAGraph:
+    def _capture(self, splits: int, block_t: int, advance: bool) -> torch.cuda.CUDAGraph:
         """Run the step once (compiling its kernels), then capture it in a CUDA graph. Capturing
         runs nothing; the replay that follows computes this position again (the warm-up run does
         not advance the state, so the replay reads the same one)."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
-            self._step(splits)
+            self._step(splits, block_t)
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g), torch.inference_mode():
-            self._step(splits, advance)
-        log.info("decode step captured in a CUDA graph (%d attention split%s%s)", splits, "s" if splits > 1 else "",
+            self._step(splits, block_t, advance)
+        log.info("decode step captured in a CUDA graph (%d attention splits of %d-key steps%s)", splits, block_t,
                  ", greedy token fed back on the device" if advance else "")
         return g
 
 
-def _splits(pos: int) -> int:
-    """Attention splits for a token at ``pos``: one while the context is short (no combine step)."""
-    return 1 if pos + 1 <= SHORT_CONTEXT else ATTENTION_SPLITS
+def _attention_shape(pos: int) -> tuple[int, int]:
+    """(splits, keys per step) of the attention for a token at ``pos``: short steps while the context
+    is short, so that every split has work; longer ones beyond, so that each split loops less."""
+    return ATTENTION_SPLITS, 32 if pos + 1 <= SHORT_CONTEXT else 64
 
 
 def _has_triton() -> bool:

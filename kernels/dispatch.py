@@ -52,9 +52,6 @@ class KernelSettings:
     row_block_n: int = 32
     row_chunk_k: int = 256
     row_warps: int = 1
-    row_wide_n: int = 8192  # from this many output columns: the "wide" chunk and warps
-    row_chunk_k_wide: int = 512
-    row_warps_wide: int = 2
     row_h2: bool = True  # gemv_row's half2 products (fp16 on the GPU); False: fp32 FMAs
     dot_block_n: int = 64
     dot_warps: int = 4
@@ -195,10 +192,8 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
         out = None if acc is None else acc.view(m, n)
         if m == 1 and s.row_kernel == "row":
-            wide = n >= s.row_wide_n
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
-                            block_n=s.row_block_n, chunk_k=s.row_chunk_k_wide if wide else s.row_chunk_k,
-                            num_warps=s.row_warps_wide if wide else s.row_warps, h2=s.row_h2, out=out,
+                            block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2, out=out,
                             accumulate=acc is not None, pdl=s.pdl, gated=gated)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands

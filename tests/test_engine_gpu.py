@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edge_awq.engine import Engine
+from edge_awq.engine import SHORT_CONTEXT, Engine
 from edge_awq.generate import SamplingParams
 from edge_awq.kernels.dispatch import KernelSettings
 from edge_awq.loader import load_shards
@@ -25,16 +25,19 @@ def shards(request, tmp_path_factory):
     return root / "s"
 
 
-@pytest.mark.parametrize("graphs,prompt_len,row_kernel", [(True, 37, "row"), (False, 37, "row"), (True, 250, "row"),
-                                                       (True, 250, "dot")])
+NEAR_SWITCH = SHORT_CONTEXT - 10  # a prompt whose decode crosses into the long-context attention graph
+
+
+@pytest.mark.parametrize("graphs,prompt_len,row_kernel", [(True, 37, "row"), (False, 37, "row"),
+                                                       (True, NEAR_SWITCH, "row"), (True, NEAR_SWITCH, "dot")])
 def test_fused_decode_matches_eager(shards, graphs, prompt_len, row_kernel):
-    """250 + 20 tokens cross from the one-split attention graph to the split one; the tensor-core
-    kernel serves one row too."""
+    """NEAR_SWITCH + 20 tokens cross from the short-context attention graph to the long one; the
+    tensor-core kernel serves one row too."""
     torch.manual_seed(0)
     prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
     settings = KernelSettings(row_kernel=row_kernel)
-    fast = Engine(load_shards(shards, "cuda", torch.float16, settings), 512, torch.float16, cuda_graphs=graphs)
-    eager = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16)
+    fast = Engine(load_shards(shards, "cuda", torch.float16, settings), 1024, torch.float16, cuda_graphs=graphs)
+    eager = Engine(load_shards(shards, "cuda", torch.float16), 1024, torch.float16)
     eager.fast = eager.use_graph = False
     assert fast.fast and fast.use_graph == graphs
     a, b = fast.prefill(prompt), eager.prefill(prompt)
@@ -68,15 +71,15 @@ def test_generate_on_gpu_is_seeded_and_stops(shards):
     assert eng.length == 128
 
 
-@pytest.mark.parametrize("prompt_len,eos_at", [(30, None), (240, None), (30, 9)])
+@pytest.mark.parametrize("prompt_len,eos_at", [(30, None), (NEAR_SWITCH, None), (30, 9)])
 def test_pipelined_greedy_matches_step_by_step(shards, prompt_len, eos_at):
     """Greedy generation feeds the argmax back on the device and launches a step ahead; the tokens,
     the cached ids and the cache length are those of feeding each token by hand (``decode`` +
-    argmax on the same graphs' logits). 240 + 40 tokens cross into the split-attention graph; an
+    argmax on the same graphs' logits). NEAR_SWITCH + 40 tokens cross into the long-context graph; an
     EOS stops it with the extra step left outside the cache."""
     torch.manual_seed(1)
     prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
-    eng = Engine(load_shards(shards, "cuda", torch.float16), 512, torch.float16)
+    eng = Engine(load_shards(shards, "cuda", torch.float16), 1024, torch.float16)
     ref, logits = [], eng.prefill(prompt)
     for _ in range(40):
         ref.append(int(torch.argmax(logits)))

@@ -38,11 +38,14 @@ def test_add_rms_norm(n, residual):
         assert torch.allclose(res, h)  # the sum went back into the fp32 residual
 
 
-@pytest.mark.parametrize("heads,kv_heads,d,pos,splits", [(9, 3, 64, 0, 4), (4, 4, 128, 299, 8), (28, 4, 128, 76, 16),
-                                                          (8, 2, 64, 999, 2), (8, 2, 64, 199, 1), (8, 2, 64, 64, 1)])
-def test_decode_attention_rotates_writes_the_cache_and_attends(heads, kv_heads, d, pos, splits):
+@pytest.mark.parametrize("heads,kv_heads,d,pos,splits,block_t", [
+    (9, 3, 64, 0, 4, 16), (4, 4, 128, 299, 8, 32), (28, 4, 128, 76, 16, 16), (8, 2, 64, 999, 2, 64),
+    (8, 2, 64, 199, 1, 32), (8, 2, 64, 64, 1, 16), (4, 4, 128, 40, 16, 16), (32, 32, 128, 255, 16, 16)])
+def test_decode_attention_rotates_writes_the_cache_and_attends(heads, kv_heads, d, pos, splits, block_t):
     """One new token at ``pos``: RoPE on its q and k, k and v written into the caches there, attention
-    over positions 0..pos (the earlier ones read from the cache, the new one from registers)."""
+    over positions 0..pos (the earlier ones read from the cache, the new one from registers); with
+    empty splits (pos 0, 40 over 16 splits), splits that loop, and twice in a row (the arrival
+    counters must be left at zero for the next launch)."""
     qkv = torch.randn(1, (heads + 2 * kv_heads) * d, generator=_g(pos)) * 3
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
     k = torch.randn(1, kv_heads, 1024, d, generator=_g(pos + 1)).half()
@@ -50,11 +53,14 @@ def test_decode_attention_rotates_writes_the_cache_and_attends(heads, kv_heads, 
     k[:, :, pos:] = float("nan")  # the new position is written, later ones must not be read
     v[:, :, pos:] = float("nan")
     kd, vd = k.to(DEVICE), v.to(DEVICE)
-    out = torch.full((heads * d,), float("nan"), dtype=torch.float16, device=DEVICE)
-    part = torch.empty(heads, splits, d, dtype=torch.float32, device=DEVICE)
-    ml = torch.empty(heads, splits, 2, dtype=torch.float32, device=DEVICE)
-    ops.decode_attention(qkv.to(DEVICE), inv.to(DEVICE), torch.tensor([pos], device=DEVICE), kd, vd, out, part, ml,
-                         d ** -0.5, block_t=32)
+    part = torch.full((heads, splits, d), float("nan"), dtype=torch.float32, device=DEVICE)
+    ml = torch.full((heads, splits, 2), float("nan"), dtype=torch.float32, device=DEVICE)
+    arrivals = torch.zeros(kv_heads, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):
+        out = torch.full((heads * d,), float("nan"), dtype=torch.float16, device=DEVICE)
+        ops.decode_attention(qkv.to(DEVICE), inv.to(DEVICE), torch.tensor([pos], device=DEVICE), kd, vd, out, part,
+                             ml, arrivals, d ** -0.5, block_t=block_t, splits=splits)
+        assert (arrivals == 0).all()
     rq, rk, rv = rope_kv_reference(qkv, inv, pos, heads, kv_heads, d)
     assert _rel(kd[0, :, pos], rk) < 2e-3 and _rel(vd[0, :, pos], rv) < 2e-3
     assert torch.isnan(kd[0, :, pos + 1:].float()).all() and torch.isnan(vd[0, :, pos + 1:].float()).all()

@@ -34,13 +34,18 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+def _step_graph(engine: Engine) -> torch.cuda.CUDAGraph:
+    return next(g for key, g in engine._graphs.items() if not key[-1])  # the one decode() captured
+
+
 def step_ms(engine: Engine, replays: int = 64) -> float:
+    graph = _step_graph(engine)
     times = []
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(replays):
-            engine._graphs[(1, False)].replay()
+            graph.replay()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / replays)
@@ -49,9 +54,10 @@ def step_ms(engine: Engine, replays: int = 64) -> float:
 
 def kernel_table(engine: Engine, replays: int = 16) -> list[tuple[str, float, float]]:
     from torch.profiler import ProfilerActivity, profile
+    graph = _step_graph(engine)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
-            engine._graphs[(1, False)].replay()
+            graph.replay()
         torch.cuda.synchronize()
     total, count = defaultdict(float), defaultdict(int)
     for ev in prof.events():
@@ -74,7 +80,7 @@ def main() -> None:
         engine = Engine(load_shards(a.shards, "cuda", torch.float16, settings), max(1024, a.context + 8),
                         torch.float16)
         engine.prefill(list(range(1, a.context + 1)))
-        engine.decode(7)  # captures the one-split graph; replays recompute this position
+        engine.decode(7)  # captures the step's graph; replays recompute this position
         ms = step_ms(engine)
         rows = kernel_table(engine)
         print(f"\n## variant {text or 'defaults'}: {ms:.3f} ms per step ({1000 / ms:.1f} steps/s)")
