@@ -48,3 +48,4 @@ printf 'Hello!\nTell me more.\nThanks.\n' | ea chat $W/s4 --system "Be brief." -
 tail -3 $OUT/chat_smollm2.txt; grep "^|" $OUT/bench_smollm2.txt
 cat $OUT/cold.txt $OUT/warm.txt; grep -E "^(model|profile|loaded|memory)" $OUT/bench4.txt
 grep -E "^\||bandwidth" $OUT/bench4.txt $OUT/bench16.txt; grep -E "loaded" $OUT/bench16.txt; tail -4 $OUT/chat7b.txt
+(cd $OUT && tar czf measure.tgz *.txt *.log 2>/dev/null && rm -f *.txt *.log)  # the tool returns only so many files
