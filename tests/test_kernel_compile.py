@@ -23,6 +23,9 @@ def kernels(pdl: bool):
     SHIFTS = {f"S{j}": tw._SHIFTS[j] for j in range(8)}
     W = {"x_ptr": "*fp16", "qk_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16",
          "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+    ATTN = {"qkv_ptr": "*fp32", "inv_ptr": "*fp32", "pos_ptr": "*i64", "k_ptr": "*fp16", "v_ptr": "*fp16",
+            "out_ptr": "*fp16", "part_ptr": "*fp32", "ml_ptr": "*fp32", "cnt_ptr": "*i32", "scale": "fp32",
+            "stride_kh": "i32", "stride_kt": "i32", "H": "i32", "HKV": "i32"}
     return {
         "row-h2": (tw._gemv_row_kernel, {**W, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32",
                                          "m16": "i32"},
@@ -46,13 +49,8 @@ def kernels(pdl: bool):
         "add_rms_norm": (ops._add_rms_norm_kernel, {"x_ptr": "*fp32", "res_ptr": "*fp32", "w_ptr": "*fp16",
                                                     "y_ptr": "*fp16", "N": "i32", "eps": "fp32"},
                          dict(HAS_RES=True, BLOCK=4096, PDL=pdl), 4),
-        "attn_split": (ops._attn_split_kernel, {"qkv_ptr": "*fp32", "inv_ptr": "*fp32", "pos_ptr": "*i64",
-                                                "k_ptr": "*fp16", "v_ptr": "*fp16", "o_ptr": "*fp32", "ml_ptr": "*fp32",
-                                                "scale": "fp32", "stride_kh": "i32", "stride_kt": "i32", "H": "i32",
-                                                "HKV": "i32", "SPLITS": "i32"},
-                       dict(REP=4, REP_P=16, D=128, BLOCK_T=64, PDL=pdl, DIRECT=False), 4),
-        "attn_combine": (ops._attn_combine_kernel, {"o_ptr": "*fp32", "ml_ptr": "*fp32", "out_ptr": "*fp16"},
-                         dict(SPLITS=16, D=128, PDL=pdl), 1),
+        "attn": (ops._attn_kernel, ATTN, dict(SPLITS=16, REP=4, REP_P=16, D=128, BLOCK_T=32, PDL=pdl), 4),
+        "attn-one-split": (ops._attn_kernel, ATTN, dict(SPLITS=1, REP=1, REP_P=16, D=64, BLOCK_T=64, PDL=pdl), 4),
         "silu_mul": (ops._silu_mul_kernel, {"x_ptr": "*fp32", "y_ptr": "*fp16", "N": "i32"},
                      dict(BLOCK=1024, PDL=pdl), 4),
     }
@@ -76,7 +74,7 @@ def test_every_kernel_compiles(arch):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, __file__, str(arch)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.split() == ["add_rms_norm", "attn_combine", "attn_split", "dequant", "dot-bf16", "dot-fp16",
+    assert r.stdout.split() == ["add_rms_norm", "attn", "attn-one-split", "dequant", "dot-bf16", "dot-fp16",
                                 "row-f32", "row-h2", "silu_mul"]
 
 
