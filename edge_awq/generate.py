@@ -71,14 +71,34 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
 
 
+def sample_token(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int, top_p: float
+                 ) -> torch.Tensor:
+    """logits (vocab,) fp32 and u (1,) uniform in [0, 1) → (1,) int64 token id, drawn from the
+    softmax of logits / temperature restricted to the top k (0: all) and then to the smallest
+    most-likely set reaching top_p (the same set as ``filter_top_k`` + ``filter_top_p``, ties at
+    the k-th value aside), by inverting the cumulative distribution at u. The cumulative sum runs
+    in vocabulary order, not sorted order: near-equal logits that swap places under rounding
+    noise (split-K sums in any order) then move a boundary by that noise, not the whole draw.
+    Fixed shapes and no host sync, so that a captured decode step could run it."""
+    scaled = logits / temperature
+    k = top_k if 0 < top_k < logits.numel() else logits.numel()
+    vals, idx = torch.topk(scaled, k)  # sorted, most likely first
+    probs = vals.softmax(-1)
+    if top_p < 1.0:
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)  # mass before a token already reaches p: out
+    cum = torch.zeros_like(logits).scatter(0, idx, probs).cumsum(0)
+    return (cum < u * cum[-1]).sum(0, keepdim=True).clamp(max=logits.numel() - 1)
+
+
 def next_token(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams,
                generator: torch.Generator | None = None) -> int:
     """logits (vocab,) fp32, history (n,) int64 → the next token id."""
     logits = apply_repetition_penalty(logits, history, params.repetition_penalty)
     if params.temperature == 0:
         return int(torch.argmax(logits))
-    logits = filter_top_p(filter_top_k(logits / params.temperature, params.top_k), params.top_p)
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(1, generator=generator, device=device).to(logits.device)
+    return int(sample_token(logits, u, params.temperature, params.top_k, params.top_p))
 
 
 def generate_tokens(model: CausalLM, prompt: list[int], params: SamplingParams, eos: set[int],
@@ -145,12 +165,16 @@ class TextStream:
     """Token ids in, printable text deltas out; holds back bytes of an unfinished UTF-8 character."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+        self.tokenizer, self.ids = tokenizer, []
+        # ids[start:done] were printed; decoding from ``start`` keeps the context that decides
+        # spacing at the boundary, and keeps each push's work bounded (not the whole answer)
+        self.start = self.done = 0
 
     def push(self, tok: int) -> str:
         self.ids.append(tok)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
+        printed = self.tokenizer.decode(self.ids[self.start:self.done], skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids[self.start:], skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= len(printed):
             return ""
-        delta, self.emitted = text[self.emitted:], len(text)
-        return delta
+        self.start, self.done = self.done, len(self.ids)
+        return text[len(printed):]

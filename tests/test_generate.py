@@ -16,6 +16,7 @@ from edge_awq.generate import (
     generate_tokens,
     load_tokenizer,
     next_token,
+    sample_token,
 )
 from edge_awq.model import KVCache, load_model
 from edge_awq.quantize import QuantizeOptions, quantize_model
@@ -68,6 +69,20 @@ def test_sampling_is_seeded_and_greedy_is_argmax():
     g = torch.Generator().manual_seed(0)
     assert {next_token(logits, hist, SamplingParams(temperature=2.0, top_k=1), g) for _ in range(10)} == {
         int(logits.argmax())}
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 40, 0.9), (1.3, 0, 0.5), (0.5, 5, 1.0)])
+def test_sample_token_inverts_the_filtered_distribution(temperature, top_k, top_p):
+    """Over a fine grid of uniforms, each token is drawn as often as its probability after the
+    temperature, top-k and top-p filters (``filter_top_k`` + ``filter_top_p`` + softmax)."""
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3)) * 3
+    want = filter_top_p(filter_top_k(logits / temperature, top_k), top_p).softmax(-1)
+    n = 20000
+    us = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+    drawn = torch.cat([sample_token(logits, u.view(1), temperature, top_k, top_p) for u in us])
+    got = torch.bincount(drawn, minlength=300).float() / n
+    assert (got - want).abs().max() < 2.0 / n + 1e-5
+    assert set(drawn.tolist()) <= set(torch.nonzero(want).flatten().tolist())
 
 
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1),
@@ -125,7 +140,7 @@ def test_generate_cli_text_sampling_and_eos(smollm2_split):
 
 def test_text_stream_holds_back_partial_characters(smollm2):
     tok = load_tokenizer(smollm2)
-    text = "naïve café — 東京 ok"
-    stream = TextStream(tok)
-    pieces = [stream.push(t) for t in tok.encode(text)]
-    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+    for text in ("naïve café — 東京 ok", "def f(x):\n    return  x * 2  # twice\n\n" * 20 + "Done. 東京 — café."):
+        stream = TextStream(tok)  # each push decodes a bounded window, not the whole answer so far
+        pieces = [stream.push(t) for t in tok.encode(text)]
+        assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
