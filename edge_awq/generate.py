@@ -87,7 +87,10 @@ def sample_token(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_
     if top_p < 1.0:
         probs = probs * ((probs.cumsum(-1) - probs) < top_p)  # mass before a token already reaches p: out
     cum = torch.zeros_like(logits).scatter(0, idx, probs).cumsum(0)
-    return (cum < u * cum[-1]).sum(0, keepdim=True).clamp(max=logits.numel() - 1)
+    # the first token whose cumulative sum passes u·total: never one of zero weight, even at u = 0;
+    # never past the last weighted token, even where u·total rounds up to the total
+    last = (cum < cum[-1]).sum(0, keepdim=True)
+    return torch.minimum((cum <= u * cum[-1]).sum(0, keepdim=True), last)
 
 
 def next_token(logits: torch.Tensor, history: torch.Tensor, params: SamplingParams,

@@ -83,6 +83,8 @@ def test_sample_token_inverts_the_filtered_distribution(temperature, top_k, top_
     got = torch.bincount(drawn, minlength=300).float() / n
     assert (got - want).abs().max() < 2.0 / n + 1e-5
     assert set(drawn.tolist()) <= set(torch.nonzero(want).flatten().tolist())
+    for u in (0.0, 1.0 - 2 ** -24):  # the ends of torch.rand's range draw weighted tokens too
+        assert want[sample_token(logits, torch.tensor([u]), temperature, top_k, top_p)] > 0
 
 
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_k=-1),
