@@ -66,7 +66,7 @@ class Engine:
         # memory); a reader thread feeding the slots cannot be captured.
         self.use_graph = self.fast and cuda_graphs and (loaded.ring is None or loaded.ring.streamer.capturable)
         self.pdl = loaded.settings.pdl
-        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}  # by (attention shape, greedy advance)
+        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # by (attention keys per step, greedy advance)
         if self.fast:
             self._allocate_step_buffers()
 
@@ -117,7 +117,7 @@ class Engine:
             self._graph(pos, advance=False).replay()
         else:
             with torch.inference_mode():
-                self._step(*_attention_shape(pos))
+                self._step(_attention_block(pos))
         self.cache.length = pos + 1
         self.ids.append(token)
         return self._logits[0]
@@ -247,7 +247,7 @@ class Engine:
             return mod(x, accumulate_into=slot)
         return mod(x)
 
-    def _step(self, splits: int, block_t: int, advance: bool = False) -> None:
+    def _step(self, block_t: int, advance: bool = False) -> None:
         """One token through the model (state: token and position, on the device); ``advance``:
         then the greedy next token and position replace them, for the next step to read."""
         from edge_awq.kernels import triton_ops as ops
@@ -267,7 +267,7 @@ class Engine:
             a = blk.self_attn
             qkv = self._linear(a.qkv_proj, self._normed, slots[0])
             ops.decode_attention(qkv, m.inv_freq, pos, self.cache.k[i], self.cache.v[i], self._attn.view(-1),
-                                 self._partial, self._ml, self._arrivals, scale, block_t, pdl=self.pdl, splits=splits)
+                                 self._partial, self._ml, self._arrivals, scale, block_t, pdl=self.pdl)
             o = self._linear(a.o_proj, self._attn, slots[1])
             ops.add_rms_norm(o, blk.post_attention_layernorm.weight, eps, self._normed, self._residual, pdl=self.pdl)
             gu = self._linear(blk.mlp.gate_up_proj, self._normed, slots[2])
@@ -284,33 +284,34 @@ class Engine:
             self._state[1:].add_(1)
 
     def _graph(self, pos: int, advance: bool) -> torch.cuda.CUDAGraph:
-        """The captured step for a token at ``pos`` (its attention shape, ``_attention_shape``)."""
-        key = (*_attention_shape(pos), advance)
+        """The captured step for a token at ``pos`` (its attention's keys per step, ``_attention_block``)."""
+        key = (_attention_block(pos), advance)
         if key not in self._graphs:
             self._graphs[key] = self._capture(*key)
         return self._graphs[key]
 
-    def _capture(self, splits: int, block_t: int, advance: bool) -> torch.cuda.CUDAGraph:
+    def _capture(self, block_t: int, advance: bool) -> torch.cuda.CUDAGraph:
         """Run the step once (compiling its kernels), then capture it in a CUDA graph. Capturing
         runs nothing; the replay that follows computes this position again (the warm-up run does
         not advance the state, so the replay reads the same one)."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
-            self._step(splits, block_t)
+            self._step(block_t)
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g), torch.inference_mode():
-            self._step(splits, block_t, advance)
-        log.info("decode step captured in a CUDA graph (%d attention splits of %d-key steps%s)", splits, block_t,
-                 ", greedy token fed back on the device" if advance else "")
+            self._step(block_t, advance)
+        log.info("decode step captured in a CUDA graph (%d attention splits of %d-key steps%s)", ATTENTION_SPLITS,
+                 block_t, ", greedy token fed back on the device" if advance else "")
         return g
 
 
-def _attention_shape(pos: int) -> tuple[int, int]:
-    """(splits, keys per step) of the attention for a token at ``pos``: short steps while the context
-    is short, so that every split has work; longer ones beyond, so that each split loops less."""
-    return ATTENTION_SPLITS, 32 if pos + 1 <= SHORT_CONTEXT else 64
+def _attention_block(pos: int) -> int:
+    """Keys per step of each of the ATTENTION_SPLITS splits for a token at ``pos``: short steps
+    while the context is short, so that every split has work; longer ones beyond, so that each
+    split loops less."""
+    return 32 if pos + 1 <= SHORT_CONTEXT else 64
 
 
 def _has_triton() -> bool:

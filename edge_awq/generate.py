@@ -55,6 +55,8 @@ def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalt
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits (0: all). With ``filter_top_p``, the plain statement of the filters
+    that ``sample_token`` applies in one pass and is tested against."""
     if k <= 0 or k >= logits.numel():
         return logits
     kth = torch.topk(logits, k).values[-1]
