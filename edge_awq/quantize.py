@@ -55,6 +55,11 @@ MAX_SHARD_BYTES = 2 << 30
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
 
+# Which linears the clip search may clip (q and k never: ``families.NO_CLIP``). "attention" leaves
+# the MLP unclipped: its clips minimise each linear's own output error, and on Qwen2.5-Coder-1.5B
+# clipping gate/up or down cost perplexity while clipping v and o gained (docs/benchmarks.md).
+CLIP_SCOPES = ("all", "attention", "none")
+
 
 @dataclass(frozen=True)
 class QuantizeOptions:
@@ -63,13 +68,15 @@ class QuantizeOptions:
     calib: CalibConfig = field(default_factory=CalibConfig)
     device: str = "cpu"
     n_grid: int = 20
-    clip: bool = True
+    clip: str = "all"  # "all" (every linear but q/k), "attention" (v and o only) or "none"
     duo_scaling: bool = False
     chunk_blocks: int = 4  # calibration blocks per forward pass: bounds temporaries
 
     def __post_init__(self):
         if self.method not in ("awq", "rtn"):
             raise EdgeAwqError(f"--method {self.method!r} is not supported (awq or rtn)")
+        if self.clip not in CLIP_SCOPES:
+            raise EdgeAwqError(f"--clip {self.clip!r} is not one of {', '.join(CLIP_SCOPES)}")
         QuantConfig(group_size=self.group_size)
 
 
@@ -136,7 +143,8 @@ def plan(model_dir: Path, opts: QuantizeOptions) -> Plan:
         calib = calibration_blocks(tok, opts.calib)
     ident = {
         "config": cfg.raw, "files": sorted((p.name, p.stat().st_size) for p in model_dir.glob("*.safetensors")),
-        "quant": qcfg.to_hf(), "method": opts.method, "n_grid": opts.n_grid, "clip": opts.clip,
+        "quant": qcfg.to_hf(), "method": opts.method, "n_grid": opts.n_grid,
+        "clip": {"all": True, "none": False}.get(opts.clip, opts.clip),  # the keys of runs before scopes
         "calib": None if calib is None else blocks_digest(calib),
     }
     if opts.method == "awq":
@@ -241,11 +249,12 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
         _apply_scale(block, g, s)
         feats[g.name] = feats[g.name] / s
 
-    if opts.clip:
+    if opts.clip != "none":
         t0 = time.perf_counter()
         record["clip_losses"] = {}
         for g in groups:
-            names = [n for n in g.linears if n not in no_clip]
+            names = [n for n in g.linears
+                     if n not in no_clip and (opts.clip == "all" or n.startswith("self_attn."))]
             if not names:
                 continue
             xin = feats[g.name]

@@ -71,3 +71,27 @@ def test_duo_scaling_is_its_own_run(tmp_path, model_and_reference):
     got = _tensors(tmp_path / "duo")
     assert got.keys() == ref.keys()
     assert any(not torch.equal(got[n], ref[n]) for n in ref if n.endswith("qweight"))
+
+
+def test_clip_attention_leaves_the_mlp_unclipped(tmp_path, model_and_reference):
+    """``--clip attention``: the same v and o as the default run (their clips do not depend on the
+    MLP's), no clip recorded for any MLP linear, and its own run key."""
+    from dataclasses import replace
+
+    from edge_awq.errors import EdgeAwqError
+
+    model, ref = model_and_reference
+    attn = replace(OPTS, clip="attention")
+    with pytest.raises(Interrupt):
+        quantize_model(model, tmp_path / "all", OPTS, progress=_stop_at(1))
+    with pytest.raises(EdgeAwqError, match="different model or options"):
+        quantize_model(model, tmp_path / "all", attn)
+    report = quantize_model(model, tmp_path / "attn", attn)
+    for block in report["blocks"]:
+        assert set(block["clipped"]) == {"self_attn.v_proj", "self_attn.o_proj"}
+    got = _tensors(tmp_path / "attn")
+    for name, t in ref.items():
+        if "self_attn" in name:
+            assert torch.equal(got[name], t), name
+    with pytest.raises(EdgeAwqError, match="--clip"):
+        replace(OPTS, clip="mlp")
