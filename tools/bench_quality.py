@@ -2,6 +2,7 @@
 
     python tools/bench_quality.py --model smollm2-135m --group-size 64 --out out/bench-smollm2
     python tools/bench_quality.py --model qwen2.5-coder-1.5b --group-size 128 --max-blocks 32 --out out/bench-qwen
+    python tools/bench_quality.py ... --awq-args "--duo-scaling --clip attention"   # search options
 
 Each step runs as its own ``edge-awq`` process so peak RSS is per step. Results go to
 OUT/results.json and a markdown row is printed last. Resumable: a step whose output exists is reused.
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--awq-args", default="", help="extra edge-awq quantize options for the AWQ run, one string")
     a = ap.parse_args()
     exe = [sys.executable, "-m", "edge_awq"]
     model = Path(a.model)
@@ -42,7 +44,7 @@ def main() -> None:
     q = ["--group-size", str(a.group_size)]
     run(exe + ["quantize", str(model), str(rtn), "--method", "rtn"] + q)
     run(exe + ["quantize", str(model), str(awq), "--calib", a.calib] + q
-        + ([] if a.max_blocks is None else ["--max-blocks", str(a.max_blocks)]))
+        + ([] if a.max_blocks is None else ["--max-blocks", str(a.max_blocks)]) + a.awq_args.split())
     evals = a.out / "eval.json"
     if not evals.exists():
         cmd = exe + ["eval", str(model), str(rtn), str(awq), "--text", a.text, "--seqlen", str(a.seqlen), "--json"]
@@ -56,6 +58,7 @@ def main() -> None:
     rrep = json.loads((rtn / "quant_report.json").read_text())
     closed = (r["ppl"] - w["ppl"]) / (r["ppl"] - fp["ppl"])
     res = {"model": a.model, "group_size": a.group_size, "calib": a.calib, "calib_blocks": rep["calibration_blocks"],
+           "awq_options": rep["options"],
            "text": a.text, "windows": fp["windows"], "seqlen": a.seqlen,
            "ppl_fp": fp["ppl"], "ppl_rtn": r["ppl"], "ppl_awq": w["ppl"], "gap_closed": closed,
            "awq_seconds": rep["seconds"], "awq_peak_rss_bytes": rep["peak_rss_bytes"],
