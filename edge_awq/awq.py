@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quant import fake_quantize
+from .quant import dequantize, fake_quantize, quantize
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,16 @@ def apply_clip(w: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch
     m = max_val.unsqueeze(-1)
     wg = w.reshape(n, k // group_size, group_size)
     return torch.maximum(torch.minimum(wg, m), -m).reshape(n, k)
+
+
+def refit_gains(w: torch.Tensor, gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per (output channel, group) least-squares gain for round-to-nearest's codes: the α that
+    minimises (w − α·ŵ)ᵀ G (w − α·ŵ), i.e. (ŵᵀGw)/(ŵᵀGŵ), clamped to [0.5, 2]. Multiplying the
+    group's scale by α keeps the codes and zero point and lowers the output error on the
+    calibration inputs. w (N, K), gram from ``group_gram`` → (N, K/g) fp32."""
+    n, k = w.shape
+    wh = dequantize(*quantize(w, group_size), group_size).reshape(n, k // group_size, group_size)
+    wg = w.float().reshape(wh.shape)
+    gwh = torch.einsum("ngi,gij->ngj", wh, gram)
+    num, den = (gwh * wg).sum(-1), (gwh * wh).sum(-1)
+    return torch.where(den > 0, num / den, torch.ones_like(den)).clamp(0.5, 2.0)

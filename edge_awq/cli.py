@@ -70,14 +70,18 @@ def _run(fn):
 @click.option("--block-tokens", type=int, default=512, show_default=True, help="Tokens per calibration block.")
 @click.option("--max-blocks", type=int, default=None, help="Cap on calibration blocks (faster, less data).")
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--clip", "clip", type=click.Choice(["all", "attention", "none"]), default="all", show_default=True,
-              help="Which linears the clip search may clip: all but q/k, the attention's v and o only, or none.")
+@click.option("--clip", "clip", type=click.Choice(["all", "attention", "attention+k", "none"]), default="all",
+              show_default=True,
+              help="Which linears the clip search may clip: all but q/k, the attention's v and o, "
+                   "k, v and o, or none.")
 @click.option("--no-clip", is_flag=True, help="Same as --clip none.")
 @click.option("--duo-scaling", is_flag=True,
               help="Scales from activation and weight magnitudes (AutoAWQ's duo scaling), not activations alone.")
+@click.option("--refit", is_flag=True,
+              help="Refit each group's scale to the least-squares gain of its codes on the calibration inputs.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, samples, sample_tokens,
-             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, device):
+             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, refit, device):
     """Quantize the HF model in MODEL_DIR to an INT4 AWQ checkpoint in OUT_DIR (resumable)."""
     import torch
 
@@ -88,7 +92,7 @@ def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         calib = CalibConfig(calib_source, samples, sample_tokens, block_tokens, max_blocks, seed, calib_field)
         opts = QuantizeOptions(method=method, group_size=group_size, calib=calib, device=dev,
-                               clip="none" if no_clip else clip, duo_scaling=duo_scaling)
+                               clip="none" if no_clip else clip, duo_scaling=duo_scaling, refit=refit)
         r = quantize_model(model_dir, out_dir, opts, progress=Bar("quantize"))
         q = r["quantization_config"]
         click.echo(f"{method.upper()} w{q['bits']} g{q['group_size']} → {out_dir}: {fmt_bytes(r['total_bytes'])} "

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .awq import apply_clip, channel_mean_abs, group_gram, sample_tokens, search_clip, search_scale
+from .awq import apply_clip, channel_mean_abs, group_gram, refit_gains, sample_tokens, search_clip, search_scale
 from .calibration import CalibConfig, blocks_digest, calibration_blocks
 from .config import ModelConfig, QuantConfig, read_json
 from .errors import EdgeAwqError
@@ -58,7 +58,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, message)
 # Which linears the clip search may clip (q and k never: ``families.NO_CLIP``). "attention" leaves
 # the MLP unclipped: its clips minimise each linear's own output error, and on Qwen2.5-Coder-1.5B
 # clipping gate/up or down cost perplexity while clipping v and o gained (docs/benchmarks.md).
-CLIP_SCOPES = ("all", "attention", "none")
+CLIP_SCOPES = ("all", "attention", "attention+k", "none")
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,9 @@ class QuantizeOptions:
     calib: CalibConfig = field(default_factory=CalibConfig)
     device: str = "cpu"
     n_grid: int = 20
-    clip: str = "all"  # "all" (every linear but q/k), "attention" (v and o only) or "none"
+    clip: str = "all"  # "all" (every linear but q/k), "attention" (v, o), "attention+k" (k, v, o), "none"
     duo_scaling: bool = False
+    refit: bool = False  # least-squares refit of every group scale for its codes (``awq.refit_gains``)
     chunk_blocks: int = 4  # calibration blocks per forward pass: bounds temporaries
 
     def __post_init__(self):
@@ -149,8 +150,9 @@ def plan(model_dir: Path, opts: QuantizeOptions) -> Plan:
     }
     if opts.method == "awq":
         ident["algorithm"] = ALGORITHM
-        if opts.duo_scaling:  # only when set, so runs started before the option keep their key
-            ident["duo_scaling"] = True
+        for flag in ("duo_scaling", "refit"):  # only when set, so runs started before the option keep their key
+            if getattr(opts, flag):
+                ident[flag] = True
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(model_dir, cfg, qcfg, reader, calib, key)
 
@@ -213,6 +215,14 @@ def _apply_scale(block: Block, group: ScaleGroup, s: torch.Tensor) -> None:
         block.get_submodule(name).weight.mul_(s[None, :])
 
 
+def _clippable(name: str, scope: str, no_clip: tuple[str, ...]) -> bool:
+    if scope == "all":
+        return name not in no_clip
+    if not name.startswith("self_attn."):
+        return False
+    return name not in no_clip or (scope == "attention+k" and name.endswith("k_proj"))
+
+
 def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: QuantizeOptions,
               groups: tuple[ScaleGroup, ...], no_clip: tuple[str, ...]
               ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
@@ -253,8 +263,7 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
         t0 = time.perf_counter()
         record["clip_losses"] = {}
         for g in groups:
-            names = [n for n in g.linears
-                     if n not in no_clip and (opts.clip == "all" or n.startswith("self_attn."))]
+            names = [n for n in g.linears if _clippable(n, opts.clip, no_clip)]
             if not names:
                 continue
             xin = feats[g.name]
@@ -284,6 +293,13 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
                     weights[n].copy_(clipped[n])
                     data[f"awq.clip.{n}"] = max_vals[n].cpu()
         times["clip"] = time.perf_counter() - t0
+    if opts.refit:
+        t0 = time.perf_counter()
+        for g in groups:
+            gram = group_gram(sample_tokens(feats[g.name]), group_size)
+            for n in g.linears:
+                data[f"awq.gain.{n}"] = refit_gains(block.get_submodule(n).weight, gram, group_size).cpu()
+        times["refit"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 3) for k, v in times.items()}
     return record, data, x_next
 
@@ -295,12 +311,17 @@ def _fp16(name: str, t: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def pack_block(block: Block, prefix: str, group_size: int) -> dict[str, torch.Tensor]:
-    """Quantize every linear of a (scaled, clipped) FP block and return its checkpoint tensors."""
+def pack_block(block: Block, prefix: str, group_size: int, gains: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Quantize every linear of a (scaled, clipped) FP block and return its checkpoint tensors;
+    ``gains`` (by linear name, (N, K/g)) multiply the group scales of round-to-nearest's codes."""
     out = {}
     for name in LINEAR_NAMES:
         lin = block.get_submodule(name)
-        for k, v in pack_linear(*quantize(lin.weight, group_size)).items():
+        q, scale, zero = quantize(lin.weight, group_size)
+        if gains and name in gains:
+            scale = (scale * gains[name].to(scale.device)).half().float()
+        for k, v in pack_linear(q, scale, zero).items():
             out[f"{prefix}{name}.{k}"] = v.cpu()
         if lin.bias is not None:
             out[f"{prefix}{name}.bias"] = _fp16(f"{prefix}{name}.bias", lin.bias).cpu()
@@ -422,7 +443,8 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
                 record, data, x_next = awq_block(block, x, rope, g, opts, family.scale_groups, family.no_clip)
             else:
                 record, data, x_next = {}, {}, None
-            tensors = pack_block(block, block_prefix(i), g)
+            gains = {k.removeprefix("awq.gain."): v for k, v in data.items() if k.startswith("awq.gain.")}
+            tensors = pack_block(block, block_prefix(i), g, gains)
         record["block_seconds"] = round(time.perf_counter() - t0, 3)
         write_safetensors(_block_file(state, i), {**tensors, **data}, {"record": json.dumps(record)})
         if x_next is not None:

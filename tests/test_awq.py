@@ -7,12 +7,13 @@ from edge_awq.awq import (
     channel_mean_abs,
     grid_scales,
     group_gram,
+    refit_gains,
     sample_tokens,
     search_clip,
     search_scale,
     weight_mean,
 )
-from edge_awq.quant import fake_quantize
+from edge_awq.quant import dequantize, fake_quantize, quantize
 
 
 def _gen(seed):
@@ -94,3 +95,23 @@ def test_duo_scaling_uses_weight_magnitudes():
                        g, duo=True)
     assert min(res.losses) == res.losses[round(res.ratio * 20)]
     assert not torch.equal(grid_scales(x_mean, 0.5, wm), grid_scales(x_mean, 0.5))
+
+
+def test_refit_gains_minimise_each_groups_output_error():
+    n, k, g = 32, 256, 64
+    w = torch.randn(n, k, generator=_gen(8)) * 0.05
+    x = torch.randn(400, k, generator=_gen(9)) * torch.linspace(0.2, 4, k)
+    gram = group_gram(x, g)
+    alpha = refit_gains(w, gram, g)
+    assert alpha.shape == (n, k // g) and (alpha >= 0.5).all() and (alpha <= 2).all()
+    q, scale, zero = quantize(w, g)
+
+    def group_err(s):  # per (row, group) mean squared partial output error over the tokens
+        d = (dequantize(q, s, zero, g) - w).reshape(n, k // g, g)
+        return torch.einsum("tgj,ngj->ntg", x.reshape(-1, k // g, g), d).pow(2).mean(1)
+
+    rtn, refit = group_err(scale), group_err(scale * alpha)
+    assert (refit <= rtn * (1 + 1e-5)).all()
+    assert refit.sum() < 0.99 * rtn.sum()
+    for step in (0.99, 1.01):  # a least-squares optimum: moving the gain either way is worse
+        assert (group_err(scale * alpha * step) >= refit * (1 - 1e-5)).all()

@@ -95,3 +95,33 @@ def test_clip_attention_leaves_the_mlp_unclipped(tmp_path, model_and_reference):
             assert torch.equal(got[name], t), name
     with pytest.raises(EdgeAwqError, match="--clip"):
         replace(OPTS, clip="mlp")
+
+
+def test_refit_and_k_clip_change_only_what_they_should(tmp_path, model_and_reference):
+    """``--refit`` keeps every code and zero point of the plain run and rescales the groups;
+    ``--clip attention+k`` clips k as well as v and o. Each is its own run."""
+    from dataclasses import replace
+
+    from edge_awq.errors import EdgeAwqError
+
+    model, ref = model_and_reference
+    refit = replace(OPTS, refit=True)
+    with pytest.raises(Interrupt):
+        quantize_model(model, tmp_path / "refit", refit, progress=_stop_at(1))
+    with pytest.raises(EdgeAwqError, match="different model or options"):
+        quantize_model(model, tmp_path / "refit", OPTS)
+    report = quantize_model(model, tmp_path / "refit", refit)
+    assert all("refit" in b["seconds"] for b in report["blocks"])
+    got = _tensors(tmp_path / "refit")
+    assert got.keys() == ref.keys()
+    for name, t in ref.items():
+        if name.endswith(("qweight", "qzeros")) or not name.endswith("scales"):
+            assert torch.equal(got[name], t), name
+    changed = [n for n in ref if n.endswith("scales") and not torch.equal(got[n], ref[n])]
+    assert len(changed) == sum(n.endswith("scales") for n in ref)
+    ratio = torch.cat([(got[n].float() / ref[n].float()).flatten() for n in changed])
+    assert 0.5 <= ratio.min() and ratio.max() <= 2.0
+
+    report = quantize_model(model, tmp_path / "k", replace(OPTS, clip="attention+k"))
+    for block in report["blocks"]:
+        assert set(block["clipped"]) == {"self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
