@@ -2,10 +2,11 @@
 
 - CPU: the torch reference (unpack + matmul), or, when the settings ask for "torch-int4" (the
   CPU profile of the runtime), torch's CPU int4 kernel (bf16 inside the linear, ~8× faster).
-- CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``): one row →
-  ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor cores), as the settings say; 2..``decode_max_m``
-  rows → ``gemv_dot``; more → dequantize to 16 bits (the whole layer, or ``prefill_chunk_n``
-  columns at a time into a scratch that stays in L2) + cuBLAS.
+- CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``; for group 128 where
+  Gluon is there, in the mma order): one row → ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor
+  cores), as the settings say; 2..``decode_max_m`` rows → the Gluon kernel (mma order, fp16) or
+  ``gemv_dot``; more → dequantize to 16 bits (the whole layer, or ``prefill_chunk_n`` columns at
+  a time into a scratch that stays in L2) + cuBLAS.
 - CUDA without Triton (some Jetson images): torch's int4 kernel ``_weight_int4pack_mm`` where the
   GPU (sm80+) and shape allow, else the reference.
 
@@ -32,7 +33,8 @@ BACKENDS = ("auto", "triton", "torch-int4", "reference")
 
 class PackedLinear(Protocol):
     """What the kernels read: the checkpoint's GEMM tensors (see ``QuantLinear``); ``qweight`` may
-    instead be held K-major as ``qweight_k`` (``QuantLinear.use_kmajor``)."""
+    instead be held K-major as ``qweight_k`` (``QuantLinear.use_kmajor``), in the mma order where
+    the layer's ``mma_order`` is true."""
 
     qweight: torch.Tensor | None
     qzeros: torch.Tensor
@@ -59,12 +61,18 @@ class KernelSettings:
     dot_programs_per_sm: int = 4
     prefill_chunk_n: int = 0  # 0: dequantize the whole layer before the matmul
     pdl: bool = False  # one-row kernels launch as programmatic dependents (sm_90+; set by the runtime)
+    mma_order: str = "auto"  # "auto": group-128 layers in the mma order where Gluon runs; "off": K-major
+    mma_block_n: int = 128
+    mma_warps: int = 4
+    mma_programs_per_sm: int = 3
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"kernel backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.row_kernel not in ("row", "dot"):
             raise ValueError(f"row_kernel {self.row_kernel!r} is not 'row' or 'dot'")
+        if self.mma_order not in ("auto", "off"):
+            raise ValueError(f"mma_order {self.mma_order!r} is not 'auto' or 'off'")
 
 
 class Scratch:
@@ -91,6 +99,24 @@ def _triton_module():
         log.debug("Triton kernels unavailable: %s", e)
         return None
     return triton_w4a16
+
+
+@functools.cache
+def _gluon_module():
+    try:
+        from . import gluon_w4a16
+    except Exception as e:  # a Triton without Gluon (before 3.5), or without its compiler
+        log.debug("Gluon kernel unavailable: %s", e)
+        return None
+    return gluon_w4a16
+
+
+def use_mma_order(device: torch.device, settings: KernelSettings, group_size: int, in_features: int) -> bool:
+    """Whether a Triton layer is laid out in the mma order: group 128, the Gluon kernel importable,
+    tensor cores with mma.m16n8k16 (sm_80+), and the settings allow it."""
+    return (settings.mma_order == "auto" and device.type == "cuda" and group_size == 128
+            and in_features % 128 == 0 and torch.cuda.get_device_capability(device) >= (8, 0)
+            and _gluon_module() is not None)
 
 
 @functools.cache
@@ -154,7 +180,8 @@ def w4a16_linear(x: torch.Tensor, layer: PackedLinear, settings: KernelSettings 
         return int4pack_linear(x, packed[0], packed[1], layer.group_size, layer.bias)
     if layer.qweight is None:  # held K-major, which only the Triton kernels read
         _announce(backend, "a K-major layer is repacked to the GEMM layout on every call (slow)")
-        layer = _GemmView(to_gemm(layer.qweight_k), layer.qzeros, layer.scales, layer.bias, layer.group_size)
+        layer = _GemmView(to_gemm(layer.qweight_k, getattr(layer, "mma_order", False)), layer.qzeros, layer.scales,
+                          layer.bias, layer.group_size)
     if backend == "torch-int4":
         n, k = layer.scales.shape[1], layer.qweight.shape[0]
         if inner_k_tiles(n, k, layer.group_size) is not None:  # not prepared: convert per call, slowly but right
@@ -183,6 +210,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
         x2 = x2.contiguous()
     m, n = x2.shape[0], layer.scales.shape[1]
     qk = getattr(layer, "qweight_k", None)
+    mma = qk is not None and getattr(layer, "mma_order", False)
     if qk is None:
         _announce("triton", "a GEMM-layout layer is repacked to K-major on every call (slow; QuantLinear.prepare)")
         qk = to_kmajor(layer.qweight)
@@ -194,24 +222,31 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
         if m == 1 and s.row_kernel == "row":
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2, out=out,
-                            accumulate=acc is not None, pdl=s.pdl, gated=gated)
+                            accumulate=acc is not None, pdl=s.pdl, gated=gated, mma=mma)
+        elif mma and m > 1 and x2.dtype != torch.bfloat16:
+            xd = x2 if x2.dtype == torch.float16 else x2.to(torch.float16)
+            y = out if out is not None else torch.zeros(m, n, dtype=torch.float32, device=x2.device)
+            _gluon_module().mma_rows(xd, qk, layer.qzeros, layer.scales, layer.bias, y, block_n=s.mma_block_n,
+                                     warps=s.mma_warps, target_programs=s.mma_programs_per_sm * _sm_count(x2.device))
+            if acc is None:
+                y = y.to(x2.dtype)
         else:
             xd = x2 if x2.dtype != torch.float32 else x2.to(torch.float16)  # tensor cores take 16-bit operands
             y = tw.gemv_dot(xd, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.dot_block_n, num_warps=s.dot_warps, num_stages=s.dot_stages,
                             target_programs=s.dot_programs_per_sm * _sm_count(x2.device), out=out,
-                            accumulate=acc is not None)
+                            accumulate=acc is not None, mma=mma)
             if acc is None:
                 y = y.to(x2.dtype)
         if acc is not None:
             return acc
     else:
-        y = _prefill(tw, x2, qk, layer, s, scratch)
+        y = _prefill(tw, x2, qk, layer, s, scratch, mma)
     return y.reshape(*shape[:-1], n)
 
 
 def _prefill(tw, x: torch.Tensor, qk: torch.Tensor, layer: PackedLinear, s: KernelSettings,
-             scratch: Scratch | None) -> torch.Tensor:
+             scratch: Scratch | None, mma: bool = False) -> torch.Tensor:
     """Dequantize to x's 16-bit dtype + cuBLAS, in column chunks: as many as the settings ask and
     the scratch's dequantize buffer holds (so its size bounds the memory prefill takes)."""
     xd = x if x.dtype != torch.float32 else x.to(torch.float16)
@@ -226,7 +261,7 @@ def _prefill(tw, x: torch.Tensor, qk: torch.Tensor, layer: PackedLinear, s: Kern
     for n0 in range(0, n, chunk):
         n1 = min(n, n0 + chunk)
         w = tw.dequantize_kmajor(qk, layer.qzeros, layer.scales, layer.group_size, xd.dtype, rows=(n0, n1),
-                                 out=buf[: (n1 - n0) * k].view(n1 - n0, k))
+                                 out=buf[: (n1 - n0) * k].view(n1 - n0, k), mma=mma)
         torch.mm(xd, w.t(), out=y[:, n0:n1])
     if layer.bias is not None:
         y += layer.bias.to(y.dtype)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dispatch import KernelSettings, Scratch, select_backend, w4a16_linear
-from .layout import to_kmajor
+from .dispatch import KernelSettings, Scratch, select_backend, use_mma_order, w4a16_linear
+from .layout import to_kmajor, to_mma
 from .torch_int4 import inner_k_tiles, to_int4pack
 
 
@@ -26,14 +26,16 @@ class QuantLinear(nn.Module):
         # set by the runtime: kernel choice and tiles, and the scratch its linears share
         self.kernel_settings = KernelSettings()
         self.scratch: Scratch | None = None
+        self.mma_order = False  # qweight_k's words in the mma order (layout.py)
 
-    def use_kmajor(self) -> None:
+    def use_kmajor(self, mma: bool = False) -> None:
         """Repack for the Triton kernels (docs/format.md): ``qweight`` is replaced by ``qweight_k``
-        (N, K/8), so the weights are still held once."""
+        (N, K/8), K-major or (``mma``) in the mma order, so the weights are still held once."""
         if self.qweight is None:
             return
-        self.register_buffer("qweight_k", to_kmajor(self.qweight))
+        self.register_buffer("qweight_k", to_mma(self.qweight) if mma else to_kmajor(self.qweight))
         self.qweight = None
+        self.mma_order = mma
 
     def prepare(self, settings: KernelSettings, scratch: Scratch | None = None) -> str:
         """Lay the weights out for the backend these settings pick on this module's device
@@ -45,7 +47,7 @@ class QuantLinear(nn.Module):
         if self.int4pack is not None:
             return backend
         if backend == "triton":
-            self.use_kmajor()
+            self.use_kmajor(use_mma_order(device, settings, self.group_size, self.in_features))
         elif backend == "torch-int4" and inner_k_tiles(self.out_features, self.in_features, self.group_size):
             packed, scale_offset = to_int4pack(self.qweight, self.qzeros, self.scales)
             # buffers, so the layer's tensors are all in named_buffers (layer streaming flattens them)
@@ -84,6 +86,7 @@ class QuantLinear(nn.Module):
                 setattr(p, name, None)
         if kmajor:
             fused.qweight = None
+            fused.mma_order = first.mma_order
         fused.kernel_settings, fused.scratch = first.kernel_settings, first.scratch
         return fused
 

@@ -154,6 +154,22 @@ def _half_pairs(lo, hi):
 
 
 @triton.jit
+def _word_k(j, MMA: tl.constexpr):
+    """Natural k of offset 0 of word j along a row: 8j, or in the ``mma`` order (layout.py)
+    128⌊j/16⌋ + 32(j mod 4) + 2(⌊j/4⌋ mod 4); offset r then adds ``_r_k(r, MMA)``."""
+    if MMA:
+        return (j // 16) * 128 + (j % 4) * 32 + ((j // 4) % 4) * 2
+    else:
+        return j * 8
+
+
+@triton.jit
+def _r_k(r, MMA: tl.constexpr):
+    """Natural k offset of a word's offset r (0–7): r, or 16⌊r/4⌋ + 8(⌊r/2⌋ mod 2) + r mod 2."""
+    return r + MMA * (12 * (r // 4) + 6 * ((r // 2) % 2))
+
+
+@triton.jit
 def _x_at(ptr, mask, K, GATED: tl.constexpr):
     """Input values at ``ptr`` as fp32: x itself, or silu(gate)·up with up K values further on."""
     g = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
@@ -166,7 +182,7 @@ def _x_at(ptr, mask, K, GATED: tl.constexpr):
 def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, k8, split_k, m12, m16,
                      GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_K: tl.constexpr, H2: tl.constexpr,
                      SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr,
-                     GATED: tl.constexpr,
+                     GATED: tl.constexpr, MMA: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """One row (decode at batch 1) on the K-major layout. Each program reduces a (BLOCK_N, CHUNK_K)
@@ -198,16 +214,16 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is the previous kernel's output
         tl.extra.cuda.gdc_launch_dependents()
-    xp = x_ptr + offs_j * 8
+    xp = x_ptr + _word_k(offs_j, MMA)
     mask_x = mask_g[:, None]
-    x0 = _x_at(xp + 0, mask_x, K, GATED)
-    x1 = _x_at(xp + 1, mask_x, K, GATED)
-    x2 = _x_at(xp + 2, mask_x, K, GATED)
-    x3 = _x_at(xp + 3, mask_x, K, GATED)
-    x4 = _x_at(xp + 4, mask_x, K, GATED)
-    x5 = _x_at(xp + 5, mask_x, K, GATED)
-    x6 = _x_at(xp + 6, mask_x, K, GATED)
-    x7 = _x_at(xp + 7, mask_x, K, GATED)
+    x0 = _x_at(xp + _r_k(0, MMA), mask_x, K, GATED)
+    x1 = _x_at(xp + _r_k(1, MMA), mask_x, K, GATED)
+    x2 = _x_at(xp + _r_k(2, MMA), mask_x, K, GATED)
+    x3 = _x_at(xp + _r_k(3, MMA), mask_x, K, GATED)
+    x4 = _x_at(xp + _r_k(4, MMA), mask_x, K, GATED)
+    x5 = _x_at(xp + _r_k(5, MMA), mask_x, K, GATED)
+    x6 = _x_at(xp + _r_k(6, MMA), mask_x, K, GATED)
+    x7 = _x_at(xp + _r_k(7, MMA), mask_x, K, GATED)
     if H2:
         amax = tl.max(tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)),
                                                    tl.maximum(tl.abs(x2), tl.abs(x3))),
@@ -259,7 +275,7 @@ def _gemv_row_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
 def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
                      M, N, K, k8, stride_xm, stride_ym, groups_per_split, split_k, magic,
                      GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr,
+                     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ASM: tl.constexpr, MMA: tl.constexpr,
                      S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                      S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """Up to 16 rows on the K-major layout with tensor cores: yᵀ = W xᵀ, one group of K per step,
@@ -271,7 +287,8 @@ def _gemv_dot_kernel(x_ptr, qk_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr
     mask_n = offs_n < N
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    offs_k = tl.arange(0, GROUP)
+    pos = tl.arange(0, GROUP)
+    offs_k = _word_k(pos // 8, MMA) + _r_k(pos % 8, MMA)  # x's k at each decoded position
     offs_w = tl.arange(0, GROUP // 8)
     zshift = _shift_pattern(BLOCK_N, S0, S1, S2, S3, S4, S5, S6, S7)  # zeros stay in the GEMM layout
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
@@ -326,11 +343,14 @@ def _finish_split(y_ptr, ws_ptr, cnt_ptr, b_ptr, pid_n, split_k, offs_m, mask_m,
 @triton.jit
 def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K, k8, stride_g, magic,
                            GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
+                           MMA: tl.constexpr,
                            S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
                            S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr):
     """K-major words → W (N, K) = (q − z)·s in the output dtype, row n contiguous along K (what
     ``x @ W.T`` reads); the same values as the torch reference. BLOCK_K divides the group.
-    ``stride_g``: row stride (columns) of the scales, whose columns may be a slice of a wider layer."""
+    ``stride_g``: row stride (columns) of the scales, whose columns may be a slice of a wider layer.
+    MMA: the words are in the ``mma`` order (BLOCK_K = 128): the decoded tile is permuted back to
+    natural k in registers, so the stores stay contiguous."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -345,8 +365,11 @@ def _dequant_kmajor_kernel(qk_ptr, qz_ptr, s_ptr, w_ptr, N, K, k8, stride_g, mag
     zw = tl.load(qz_ptr + g * (stride_g // 8) + offs_n // 8, mask=mask_n, other=0)
     z = ((zw >> zshift) & 0xF).to(tl.float32)
     s = tl.load(s_ptr + g * stride_g + offs_n, mask=mask_n, other=0.0)
-    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], _codes16(words, magic, z, s, dt, BLOCK_K, ASM),
-             mask=mask_n[:, None])
+    codes = _codes16(words, magic, z, s, dt, BLOCK_K, ASM)
+    if MMA:  # position 8(4t + j) + 4r₂ + 2r₁ + r₀ holds k = 32j + 16r₂ + 8r₁ + 2t + r₀
+        codes = tl.reshape(tl.permute(tl.reshape(codes, (BLOCK_N, 4, 4, 2, 2, 2)), (0, 2, 3, 4, 1, 5)),
+                           (BLOCK_N, BLOCK_K))
+    tl.store(w_ptr + offs_n[:, None] * K + ks[None, :], codes, mask=mask_n[:, None])
 
 
 # ---------------------------------------------------------------- launchers
@@ -368,9 +391,10 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 32, chunk_k: int = 512, num_warps: int = 2, h2: bool = False,
              max_registers: int | None = None, out: torch.Tensor | None = None, accumulate: bool = False,
-             pdl: bool = False, gated: bool = False) -> torch.Tensor:
-    """x (1, K) → (1, N) from the K-major layout, one pass per (block_n, chunk_k) tile; K-splits
-    meet in ``workspace`` (fp32 ≥ N) and ``counters`` (int32 ≥ N/block_n), both zero and left at zero.
+             pdl: bool = False, gated: bool = False, mma: bool = False) -> torch.Tensor:
+    """x (1, K) → (1, N) from the K-major layout (``mma``: in the mma order, layout.py), one pass
+    per (block_n, chunk_k) tile; K-splits meet in ``workspace`` (fp32 ≥ N) and ``counters``
+    (int32 ≥ N/block_n), both zero and left at zero.
     ``chunk_k`` is rounded up to a multiple of the group; ``h2``: products in half2 (see the kernel);
     ``max_registers`` caps registers per thread (more resident warps, maybe spills). ``accumulate``:
     ``out`` is a zeroed fp32 (1, N) that the K-splits add into directly (no workspace, no arrival
@@ -387,7 +411,7 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters, n, k, k // 8,
         split_k, _MAGIC12, _MAGIC16, GROUP=group_size, BLOCK_N=block_n, CHUNK_K=chunk_k, H2=h2,
         SPLIT=2 if accumulate else int(split_k > 1), HAS_BIAS=bias is not None, ASM=not _interpreted(), PDL=pdl,
-        GATED=gated,
+        GATED=gated, MMA=int(mma),
         **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps, num_stages=1,
         **({} if max_registers is None else {"maxnreg": max_registers}), **({"launch_pdl": True} if pdl else {}))
     return y
@@ -396,8 +420,9 @@ def gemv_row(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
 def gemv_dot(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, group_size: int, workspace: torch.Tensor, counters: torch.Tensor,
              block_n: int = 64, split_k: int | None = None, num_warps: int = 4, num_stages: int = 3,
-             target_programs: int = 0, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
-    """x (≤ 16, K) fp16/bf16 → (M, N) from the K-major layout with tensor cores; workspace as
+             target_programs: int = 0, out: torch.Tensor | None = None, accumulate: bool = False,
+             mma: bool = False) -> torch.Tensor:
+    """x (≤ 16, K) fp16/bf16 → (M, N) from the K-major layout (``mma``: the mma order) with tensor cores; workspace as
     ``gemv_row`` (≥ M·N); ``split_k`` None: enough K-splits for ``target_programs`` programs;
     ``accumulate`` as ``gemv_row`` (``out`` a zeroed fp32 (M, N))."""
     m, k = x.shape
@@ -409,24 +434,26 @@ def gemv_dot(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
         x, qweight_k, qzeros, scales, bias if bias is not None else scales, y, workspace, counters,
         m, n, k, k // 8, x.stride(0), y.stride(0), per_split, split_k, _MAGIC16BIT[x.dtype],
         GROUP=group_size, BLOCK_M=16, BLOCK_N=block_n, SPLIT=2 if accumulate else int(split_k > 1),
-        HAS_BIAS=bias is not None,
-        ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)}, num_warps=num_warps,
-        num_stages=num_stages)
+        HAS_BIAS=bias is not None, ASM=not _interpreted(), MMA=int(mma), **{f"S{j}": _SHIFTS[j] for j in range(8)},
+        num_warps=num_warps, num_stages=num_stages)
     return y
 
 def dequantize_kmajor(qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
                       dtype: torch.dtype, rows: tuple[int, int] | None = None, block_n: int = 64, block_k: int = 128,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
-    """K-major tensors → W (N, K) in ``dtype`` (fp16/bf16): the reference's values, transposed.
+                      out: torch.Tensor | None = None, mma: bool = False) -> torch.Tensor:
+    """K-major tensors (``mma``: in the mma order) → W (N, K) in ``dtype`` (fp16/bf16): the
+    reference's values, transposed.
     ``rows`` (n0, n1), n0 a multiple of 8: only output columns n0..n1 of the layer, as (n1 − n0, K)
     (a chunk of the weight that fits in L2 while cuBLAS reads it)."""
     n0, n1 = rows if rows is not None else (0, qweight_k.shape[0])
     assert n0 % 8 == 0
     n, k = n1 - n0, qweight_k.shape[1] * 8
-    block_k = min(block_k, group_size)
+    block_k = 128 if mma else min(block_k, group_size)
+    assert not mma or group_size == 128
     w = torch.empty(n, k, dtype=dtype, device=qweight_k.device) if out is None else out
     grid = (triton.cdiv(n, block_n), k // block_k)
     _dequant_kmajor_kernel[grid](qweight_k[n0:n1], qzeros[:, n0 // 8:], scales[:, n0:], w, n, k, k // 8,
                                  scales.shape[1], _MAGIC16BIT[dtype], GROUP=group_size, BLOCK_N=block_n,
-                                 BLOCK_K=block_k, ASM=not _interpreted(), **{f"S{j}": _SHIFTS[j] for j in range(8)})
+                                 BLOCK_K=block_k, ASM=not _interpreted(), MMA=int(mma),
+                                 **{f"S{j}": _SHIFTS[j] for j in range(8)})
     return w

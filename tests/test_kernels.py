@@ -12,7 +12,7 @@ import torch
 
 from edge_awq.kernels import dispatch
 from edge_awq.kernels.dispatch import KernelSettings, Scratch, select_backend, w4a16_linear
-from edge_awq.kernels.layout import from_kmajor, to_kmajor
+from edge_awq.kernels.layout import MMA_PERM, from_kmajor, from_mma, to_kmajor, to_mma
 from edge_awq.kernels.quant_linear import QuantLinear
 from edge_awq.kernels.reference import dequantize_gemm, w4a16_linear_reference
 from edge_awq.kernels.torch_int4 import inner_k_tiles, int4pack_linear, to_int4pack
@@ -94,6 +94,41 @@ def test_triton_kernels_match_reference(m, k, n, group, dtype):
     assert torch.equal(part, w[8:56])
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 256, 72), (5, 384, 200), (16, 512, 64)])
+def test_triton_kernels_on_the_mma_order(m, k, n):
+    """Group 128 in the mma order (layout.py): the one-row kernel (fp32 and half2, K-splits, the
+    gated input), the tensor-core kernel and the dequantizer read the permuted words and give the
+    reference's results."""
+    group, dtype = 128, torch.float16
+    lin = _layer(k, n, group, 500 + m, bias=True)
+    x = _x(m, k, dtype, 501 + m)
+    ref = _ref(x, lin)
+    qm = to_mma(lin.qweight)
+    scratch = Scratch(DEVICE, n, 16)
+    if m == 1:
+        for h2, block_n, chunk in ((False, 32, 128), (True, 16, 4096), (True, 64, 256)):
+            y = tw.gemv_row(x, qm, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                            block_n=block_n, chunk_k=chunk, h2=h2, out=_poison(m, n, dtype), mma=True)
+            assert _rel(y, ref) < TOL[dtype], f"row, h2 {h2}, block_n {block_n}, chunk {chunk}"
+        gate_up = _x(1, 2 * k, dtype, 502)
+        xg = torch.nn.functional.silu(gate_up[:, :k].double()) * gate_up[:, k:].double()
+        y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+        tw.gemv_row(gate_up, qm, lin.qzeros, lin.scales, None, group, scratch.workspace, scratch.counters,
+                    block_n=32, chunk_k=128, h2=True, out=y, accumulate=True, gated=True, mma=True)
+        assert _rel(y, w4a16_linear_reference(xg, lin.qweight, lin.qzeros, lin.scales, None, group)) < 2e-3
+    for block_n, split in ((64, 1), (32, 3)):
+        y = tw.gemv_dot(x, qm, lin.qzeros, lin.scales, lin.bias, group, scratch.workspace, scratch.counters,
+                        block_n=block_n, split_k=split, out=_poison(m, n, dtype), mma=True)
+        assert _rel(y, ref) < TOL[dtype], f"dot, block_n {block_n}, split {split}"
+        assert not scratch.workspace.any() and not scratch.counters.any()
+    w = dequantize_gemm(lin.qweight, lin.qzeros, lin.scales, group, dtype).t()
+    wm = tw.dequantize_kmajor(qm, lin.qzeros, lin.scales, group, dtype, block_n=32, out=_poison(n, k, dtype),
+                              mma=True)
+    assert torch.equal(wm, w)
+    assert torch.equal(tw.dequantize_kmajor(qm, lin.qzeros, lin.scales, group, dtype, rows=(8, 56), mma=True),
+                       w[8:56])
+
+
 @pytest.mark.parametrize("m", [1, 5])
 def test_accumulate_into_zeroed_fp32_output(m):
     """K-splits add straight into a zeroed fp32 output (the runtime zeroes all of a step's outputs
@@ -161,6 +196,21 @@ def test_kmajor_layout_round_trip(k, n):
     assert torch.equal(unpack_int4(qweight), codes.to(torch.uint8))
 
 
+def test_mma_layout_round_trip_and_definition():
+    from edge_awq.pack import pack_int4
+    k, n = 256, 24
+    codes = torch.randint(0, 16, (k, n), generator=torch.Generator().manual_seed(7))
+    qm = to_mma(pack_int4(codes))
+    assert qm.shape == (n, k // 8) and torch.equal(from_mma(qm), codes.to(torch.uint8))
+    assert sorted(MMA_PERM) == list(range(128))
+    # span s, word 4t + j, nibble P + 4·d0 (bits 4P + 16·d0) holds k = 128s + 32j + 16⌊P/2⌋ + 8(P mod 2) + 2t + d0:
+    # thread t's B fragment of mma.m16n8k16 for k-step j
+    for s_, t, j, p, d0 in ((0, 0, 0, 0, 0), (1, 3, 2, 1, 1), (0, 2, 3, 3, 0), (1, 1, 1, 2, 1)):
+        word = qm[5, 16 * s_ + 4 * t + j].item()
+        got = (word >> (4 * p + 16 * d0)) & 0xF
+        assert got == codes[128 * s_ + 32 * j + 16 * (p // 2) + 8 * (p % 2) + 2 * t + d0, 5].item()
+
+
 def test_reused_scratch_across_shapes_and_calls():
     scratch = Scratch(DEVICE, 256, 16)
     for i, (k, n, group) in enumerate([(256, 256, 64), (320, 72, 32), (256, 256, 64)]):
@@ -184,11 +234,42 @@ def test_dispatch_on_gpu(m):
     assert _rel(lin(x), ref) < TOL[torch.float16]  # a GEMM-layout layer: repacked per call
     assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
     assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
+    assert lin.mma_order == (dispatch._gluon_module() is not None)  # group 128: the mma order where Gluon runs
     for settings in (KernelSettings(), KernelSettings(row_h2=False), KernelSettings(row_kernel="dot"),
                      KernelSettings(prefill_chunk_n=64)):
         lin.kernel_settings = settings
         assert _rel(lin(x), ref) < TOL[torch.float16]
         assert _rel(lin(x.float()), ref) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
+@pytest.mark.parametrize("m,k,n", [(2, 512, 200), (16, 384, 136), (7, 1024, 512)])
+def test_gluon_rows_kernel_on_gpu(m, k, n):
+    """The 2–16-row Gluon kernel on the mma order: N not a multiple of the tile, K-splits from one to
+    one per span, bias added once; every column of the zeroed fp32 output gets its sum."""
+    gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    lin = _layer(k, n, 128, 600 + m, bias=True)
+    x = _x(m, k, torch.float16, 601 + m)
+    ref = _ref(x, lin)
+    qm = to_mma(lin.qweight)
+    for block_n, warps, programs in ((128, 4, 1), (64, 4, 64), (32, 1, 1000), (256, 8, 3)):
+        out = torch.zeros(m, n, dtype=torch.float32, device=DEVICE)
+        gk.mma_rows(x, qm, lin.qzeros, lin.scales, lin.bias, out, block_n=block_n, warps=warps,
+                    target_programs=programs)
+        assert _rel(out, ref) < 1e-3, (block_n, warps, programs)
+        col_err = (out.double() - ref).abs().amax(0) / ref.abs().amax()
+        assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
+
+
+@pytest.mark.parametrize("capability", [90, 87])
+def test_gluon_kernel_compiles_for_hopper_and_orin(capability):
+    """Compiled here for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive
+    by 16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
+    compile if a layout conversion were needed)."""
+    gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    ptx = gk.compile_for(capability).asm["ptx"]
+    assert ptx.count("ld.global.v4") >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
+    assert "shfl" not in ptx
 
 
 def test_dispatch_on_cpu_is_the_reference_and_is_logged(caplog):

@@ -1,7 +1,7 @@
 # ruff: noqa: B023 (each lambda is timed at once, inside the loop that binds it)
 """W4A16 kernel benchmark (GPU): ours vs fp16 torch.matmul vs torch's _weight_int4pack_mm, in one run.
 
-    python tools/bench_kernels.py --out results.json [--quick] [--ms 1,16,2048]
+    python tools/bench_kernels.py --out results.json [--quick] [--ms 1,16,2048] [--layout kmajor]
 
 Needs edge-awq installed (it imports ``edge_awq.kernels``); tools/device_kernels.sh runs it on the
 lent GPU.
@@ -16,6 +16,9 @@ weights + scales + zeros + activations in and out; the device-to-device copy ban
 read-only probe (the decode tiling with no arithmetic: what its loads alone reach) are measured
 in the same run. Every configuration is checked against an fp64 reference on fresh random inputs,
 output poisoned with NaN first; one that fails is not timed. Prints a markdown table last.
+
+The weights are in the layout the runtime picks (``--layout auto``: the mma order where the Gluon
+kernel runs, which then serves 2–16 rows; ``kmajor`` to compare).
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from edge_awq.kernels import triton_w4a16 as tw
-from edge_awq.kernels.dispatch import Scratch
-from edge_awq.kernels.layout import to_kmajor
+from edge_awq.kernels.dispatch import KernelSettings, Scratch, _gluon_module, use_mma_order
+from edge_awq.kernels.layout import to_kmajor, to_mma
 from edge_awq.kernels.reference import dequantize_gemm
 from edge_awq.kernels.torch_int4 import int4pack_linear, to_int4pack
 from edge_awq.pack import pack_linear
@@ -54,6 +57,8 @@ ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True) for bn in (16, 32
             for w in (1, 2)] + [dict(block_n=32, chunk_k=256, num_warps=1, h2=False)]
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
+MMA_CFGS = [dict(block_n=bn, warps=w, programs_per_sm=pps)
+            for bn, w in ((64, 4), (128, 4), (256, 8), (128, 2)) for pps in (1, 2, 3, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
               for w in (1, 2)]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
@@ -115,16 +120,17 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def prefill(x, qk, qz, sc, scratch16, n_chunk):
+def prefill(x, qk, qz, sc, scratch16, n_chunk, mma=False):
     """Dequantize (all at once, or ``n_chunk`` columns at a time into an L2-sized scratch) + cuBLAS."""
     n, k = sc.shape[1], x.shape[1]
     if n_chunk is None or n_chunk >= n:
-        return F.linear(x, tw.dequantize_kmajor(qk, qz, sc, GROUP, x.dtype, out=scratch16[: n * k].view(n, k)))
+        return F.linear(x, tw.dequantize_kmajor(qk, qz, sc, GROUP, x.dtype, out=scratch16[: n * k].view(n, k),
+                                                mma=mma))
     y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     for n0 in range(0, n, n_chunk):
         n1 = min(n, n0 + n_chunk)
         w = tw.dequantize_kmajor(qk, qz, sc, GROUP, x.dtype, rows=(n0, n1),
-                                 out=scratch16[: (n1 - n0) * qk.shape[1] * 8].view(n1 - n0, -1))
+                                 out=scratch16[: (n1 - n0) * qk.shape[1] * 8].view(n1 - n0, -1), mma=mma)
         torch.mm(x, w.t(), out=y[:, n0:n1])
     return y
 
@@ -135,6 +141,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer configs and M values")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: all)")
     ap.add_argument("--shapes", default=None, help="comma-separated shape name prefixes (default: all)")
+    ap.add_argument("--layout", choices=("auto", "kmajor"), default="auto",
+                    help="auto: the runtime's choice (the mma order where Gluon runs)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
@@ -143,8 +151,10 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = "?"
+    mma = a.layout == "auto" and use_mma_order(dev, KernelSettings(), GROUP, 4096)
+    gk = _gluon_module() if mma else None
     info = {"device": props.name, "sms": sms, "torch": torch.__version__, "triton": triton.__version__,
-            "commit": commit or "?", "group": GROUP}
+            "commit": commit or "?", "group": GROUP, "layout": "mma" if mma else "kmajor"}
     print(json.dumps(info), flush=True)
 
     buf = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
@@ -172,7 +182,7 @@ def main() -> None:
         w16 = dequantize_gemm(qw, qz, sc, GROUP, torch.float16).t().contiguous()  # (N, K) for F.linear
         w64 = dequantize_gemm(qw, qz, sc, GROUP, torch.float64)
         i4 = to_int4pack(qw, qz, sc)
-        qk = to_kmajor(qw)
+        qk = to_mma(qw) if mma else to_kmajor(qw)
         del qw
         scratch = Scratch(dev, 16 * n, 16)
         wbytes = qk.numel() * 4 + qz.numel() * 4 + sc.numel() * 2
@@ -188,23 +198,28 @@ def main() -> None:
             return err, err < 5e-3 and clean
 
         def row_call(x, c, cfg):
-            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters, **cfg)
+            return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
+                               mma=mma, **cfg)
 
         def dot_call(x, c, cfg):
             cfg = dict(cfg)
             pps = cfg.pop("programs_per_sm")
             return tw.gemv_dot(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
-                               target_programs=pps * sms, **cfg)
+                               target_programs=pps * sms, mma=mma, **cfg)
 
         def row_acc_call(x, c, cfg, out):
             return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
-                               out=out, accumulate=True, **cfg)
+                               out=out, accumulate=True, mma=mma, **cfg)
 
         def dot_acc_call(x, c, cfg, out):
             cfg = dict(cfg)
             pps = cfg.pop("programs_per_sm")
             return tw.gemv_dot(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
-                               target_programs=pps * sms, out=out, accumulate=True, **cfg)
+                               target_programs=pps * sms, out=out, accumulate=True, mma=mma, **cfg)
+
+        def mma_acc_call(x, c, cfg, out):  # the Gluon kernel: always adds into a zeroed fp32 output
+            return gk.mma_rows(x, c["qk"], c["qz"], c["sc"], None, out, block_n=cfg["block_n"], warps=cfg["warps"],
+                               target_programs=cfg["programs_per_sm"] * sms)
 
         # K-splits added straight into zeroed fp32 outputs: one memset for all calls of the graph, as
         # a decode step zeroes every layer's outputs at once
@@ -264,6 +279,8 @@ def main() -> None:
                 tune("dot", m, dot_cfgs, dot_call)
             if any(1 < m <= 16 for m in ms):
                 acc_tune("dot-acc", 16, dot_cfgs, dot_acc_call)
+                if gk is not None:
+                    acc_tune("gluon", 16, MMA_CFGS if not a.quick else MMA_CFGS[::2], mma_acc_call)
         tuned[name] = {f"{kd}@{m}": cfg for (kd, m), cfg in best.items()}
 
         for m in ms:
@@ -291,13 +308,18 @@ def main() -> None:
                     arena.zero_()
                     errs["dot-acc"] = rel_err(dot_acc_call(x, base, cfg, arena[0, :m]), ref)
                     cands["dot-acc"] = acc_graph_us(x, dot_acc_call, cfg)
+                    if gk is not None:
+                        cfg = best[("gluon", 16)]
+                        arena.zero_()
+                        errs["gluon"] = rel_err(mma_acc_call(x, base, cfg, arena[0, :m]), ref)
+                        cands["gluon"] = acc_graph_us(x, mma_acc_call, cfg)
             else:
                 fp16_us = median_us(lambda: F.linear(x, w16))
                 i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
                 for nc in CHUNKS:
                     label = "dequant+mm" if nc is None else f"dequant+mm/{nc}"
-                    errs[label] = rel_err(prefill(x, qk, qz, sc, scratch16, nc), ref)
-                    cands[label] = median_us(lambda: prefill(x, qk, qz, sc, scratch16, nc))
+                    errs[label] = rel_err(prefill(x, qk, qz, sc, scratch16, nc, mma), ref)
+                    cands[label] = median_us(lambda: prefill(x, qk, qz, sc, scratch16, nc, mma))
             path = min(cands, key=cands.get)
             us = cands[path]
             io = (m * k + m * n) * 2
@@ -321,7 +343,7 @@ def main() -> None:
     a.out.write_text(json.dumps({"info": info, "tuned": tuned, "rows": rows}, indent=1))
     print()
     print(f"{info['device']}, torch {info['torch']}, triton {info['triton']}, commit {info['commit']}, "
-          f"copy {copy_gbs:.0f} GB/s, g{GROUP}, fp16 activations")
+          f"copy {copy_gbs:.0f} GB/s, g{GROUP}, fp16 activations, layout {info['layout']}")
     print("| shape | M | fp16 µs | int4mm µs | ours µs | path | % copy BW | × int4mm | × fp16 | TFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
