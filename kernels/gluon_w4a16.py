@@ -5,11 +5,11 @@ Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16``
 one LOP3, one HADD2 (minus 1024 and the zero point) and one HMUL2 (the scale) per pair — and
 reach the tensor cores with no layout conversion (``convert_layout(..., assert_trivial=True)``
 fails the compile if one were needed). x (16 × 128 per step) goes through shared memory once per
-program. K is split across programs; partial sums are added into a zeroed fp32 output with
-atomics. The next step's words, zeros, scales and x are loaded before this step's math (a
-software pipeline of depth two). Plain Triton cannot express this: it picks the register layout
-of a dequantized tile itself and converts it to the dot operand through shared memory
-(docs/kernel-notes.md, versions 17 and 18).
+program. The (column tile, span) units are shared out stream-K style, equal runs per program;
+partial sums are added into a zeroed fp32 output with atomics. The next unit's words, zeros,
+scales and x are loaded before this unit's math (a software pipeline in registers). Plain
+Triton cannot express this: it picks the register layout of a dequantized tile itself and
+converts it to the dot operand through shared memory (docs/kernel-notes.md, versions 17 and 18).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
 @gluon.jit
 def _pair(words, P: gl.constexpr, magic, base, scale):
-    """Nibbles P and P + 4 (bits 4P and 4P + 16: k and k + 1 of a fragment) as (q − z)·s in half2."""
+    """Nibbles P and P + 4 (bits 4P and 4P + 16: k and k + 1 of a fragment) as (q − z)·s in half2:
+    the LOP3 puts each nibble under the bit pattern of 1024, the HADD2 subtracts 1024 + z (exact),
+    the HMUL2 rounds the product with the scale once, as the torch reference does."""
     v = gl.inline_asm_elementwise(
         "{.reg .b32 t; shr.u32 t, $1, $5; lop3.b32 t, t, 0x000F000F, $4, 0xEA; "
         "add.f16x2 t, t, $2; mul.f16x2 $0, t, $3;}",
@@ -40,24 +42,27 @@ def _pair(words, P: gl.constexpr, magic, base, scale):
 
 @gluon.jit
 def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_xm, stride_ym,
-                     spans_per_split, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
+                     units_per_program, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
                      WORD_L: gl.constexpr):
+    """Stream-K: the work is (column tile, span) units in tile-major order, and each program takes
+    an equal run of consecutive units, flushing its sum into the output whenever its run leaves a
+    tile (and at its end). Every program streams the same number of bytes (±1 span): no tail
+    wave, whatever the shape and the number of SMs."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
     t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
     j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
-    pid_n = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    # columns past N read column N − 1 (no mask, so the loads stay 16-byte vectors); never stored
-    offs_n = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=n_l), N - 1)
+    spans = K // SPAN
+    u0 = gl.program_id(0) * units_per_program
+    u1 = gl.minimum(u0 + units_per_program, gl.cdiv(N, BLOCK_N) * spans)
+    ar_n = gl.arange(0, BLOCK_N, layout=n_l)
     offs_t = gl.arange(0, 4, layout=t_l)
     offs_j = gl.arange(0, 4, layout=j_l)
     # thread t of a quad loads words 4t … 4t + 3 of the span: its fragments for k-steps j = 0 … 3
-    wofs = offs_n[:, None, None] * k8 + (offs_t * 4)[None, :, None] + offs_j[None, None, :]
-    wofs = gl.max_contiguous(gl.multiple_of(wofs, [1, 1, 4]), [1, 1, 4])
-    zsh = (((offs_n & 7) >> 1) << 2) | ((offs_n & 1) << 4)  # zeros keep the GEMM layout's nibble order
+    tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
+    zsh = (((ar_n & 7) >> 1) << 2) | ((ar_n & 1) << 4)  # zeros keep the GEMM layout's nibble order
     x_l: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [W, 1], [1, 0])
     am = gl.arange(0, 16, layout=gl.SliceLayout(1, x_l))
     ak = gl.arange(0, SPAN, layout=gl.SliceLayout(0, x_l))
@@ -66,19 +71,29 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     xmask = (am < M)[:, None] & (ak < SPAN)[None, :]
     magic = gl.full([BLOCK_N, 4, 4], 0x64006400, gl.int32, WORD_L)
     zero3 = gl.zeros([BLOCK_N, 4, 4], gl.int32, WORD_L)
+    ym = gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
+    ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
-    g0 = pid_k * spans_per_split
-    g1 = gl.minimum(g0 + spans_per_split, K // SPAN)
-    words = gl.load(qm_ptr + wofs + g0 * (SPAN // 8), eviction_policy="evict_first")
-    zw = gl.load(qz_ptr + g0 * (N // 8) + offs_n // 8)
-    s = gl.load(s_ptr + g0 * N + offs_n)
-    a = gl.load(x_ptr + xofs + g0 * SPAN, mask=xmask, other=0.0)
-    for g in range(g0, g1):
-        gn = gl.minimum(g + 1, g1 - 1)
-        words_n = gl.load(qm_ptr + wofs + gn * (SPAN // 8), eviction_policy="evict_first")
-        zw_n = gl.load(qz_ptr + gn * (N // 8) + offs_n // 8)
-        s_n = gl.load(s_ptr + gn * N + offs_n)
-        a_n = gl.load(x_ptr + xofs + gn * SPAN, mask=xmask, other=0.0)
+    # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math;
+    # columns past N read column N − 1 (no mask, so the loads stay 16-byte vectors) and are never stored
+    tile = u0 // spans
+    sp = u0 - tile * spans
+    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+    wofs = gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
+    words = gl.load(qm_ptr + wofs + sp * (SPAN // 8), eviction_policy="evict_first")
+    zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+    s = gl.load(s_ptr + sp * N + cols)
+    a = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
+    for u in range(u0, u1):
+        un = gl.minimum(u + 1, u1 - 1)
+        tile_n = un // spans
+        sp_n = un - tile_n * spans
+        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
+        wofs = gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
+        words_n = gl.load(qm_ptr + wofs + sp_n * (SPAN // 8), eviction_policy="evict_first")
+        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
+        s_n = gl.load(s_ptr + sp_n * N + cols)
+        a_n = gl.load(x_ptr + xofs + sp_n * SPAN, mask=xmask, other=0.0)
         z = ((zw >> zsh) & 0xF).to(gl.float32)
         hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
         hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
@@ -94,14 +109,16 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         x_smem.store(a)
         _barrier()
         acc = mma_v2(x_smem.load(a_l), b, acc)
+        tile = u // spans
+        if (u - tile * spans == spans - 1) | (u == u1 - 1):  # the run leaves this tile: flush
+            yn = tile * BLOCK_N + ar_yn
+            if HAS_BIAS:  # added once, by the run that holds the tile's first span
+                bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
+                acc += bias[None, :] * (u0 <= tile * spans).to(gl.float32)
+            gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc,
+                          mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
+            acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
         words, zw, s, a = words_n, zw_n, s_n, a_n
-    ym = gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
-    yn = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-    if HAS_BIAS:
-        bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
-        acc += bias[None, :] * (pid_k == 0).to(gl.float32)  # added once, by the first K-split
-    gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc, mask=(ym < M)[:, None] & (yn < N)[None, :],
-                  sem="relaxed")
 
 
 def word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
@@ -119,17 +136,16 @@ def mma_rows(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, sca
              bias: torch.Tensor | None, out: torch.Tensor, block_n: int = 128, warps: int = 4,
              target_programs: int = 396) -> torch.Tensor:
     """x (M ≤ 16, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (M, N); group 128,
-    ``qweight_m`` in the mma order (N, K/8). ``target_programs``: K-splits enough for that many."""
+    ``qweight_m`` in the mma order (N, K/8). ``target_programs``: how many programs share the
+    (column tile, span) units (at most one per unit)."""
     m, k = x.shape
     n = scales.shape[1]
     assert m <= 16 and k % 128 == 0 and x.dtype == torch.float16 and x.stride(1) == 1
     assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128 and out.dtype == torch.float32
     assert block_n % (8 * warps) == 0
-    tiles = triton.cdiv(n, block_n)
-    spans = k // 128
-    split = max(1, min(spans, triton.cdiv(target_programs, tiles)))
-    per = triton.cdiv(spans, split)
-    _mma_rows_kernel[(tiles, triton.cdiv(spans, per))](
+    units = triton.cdiv(n, block_n) * (k // 128)
+    per = triton.cdiv(units, max(1, min(units, target_programs)))
+    _mma_rows_kernel[(triton.cdiv(units, per),)](
         x, qweight_m, qzeros, scales, bias if bias is not None else scales, out, m, n, k, k // 8, x.stride(0),
         out.stride(0), per, HAS_BIAS=bias is not None, BLOCK_N=block_n, W=warps, WORD_L=word_layout(block_n, warps),
         num_warps=warps)
@@ -143,7 +159,7 @@ def compile_for(capability: int, block_n: int = 128, warps: int = 4):
         fn=_mma_rows_kernel,
         signature={"x_ptr": "*fp16", "qm_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32",
-                   "stride_ym": "i32", "spans_per_split": "i32"},
+                   "stride_ym": "i32", "units_per_program": "i32"},
         constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps)},
         attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})

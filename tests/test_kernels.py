@@ -245,14 +245,15 @@ def test_dispatch_on_gpu(m):
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
 @pytest.mark.parametrize("m,k,n", [(2, 512, 200), (16, 384, 136), (7, 1024, 512)])
 def test_gluon_rows_kernel_on_gpu(m, k, n):
-    """The 2–16-row Gluon kernel on the mma order: N not a multiple of the tile, K-splits from one to
-    one per span, bias added once; every column of the zeroed fp32 output gets its sum."""
+    """The 2–16-row Gluon kernel on the mma order: N not a multiple of the tile, one program for all
+    the work up to one per (tile, span) unit, runs that start and end inside tiles (5 programs),
+    bias added once; every column of the zeroed fp32 output gets its sum."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     lin = _layer(k, n, 128, 600 + m, bias=True)
     x = _x(m, k, torch.float16, 601 + m)
     ref = _ref(x, lin)
     qm = to_mma(lin.qweight)
-    for block_n, warps, programs in ((128, 4, 1), (64, 4, 64), (32, 1, 1000), (256, 8, 3)):
+    for block_n, warps, programs in ((128, 4, 1), (64, 4, 64), (32, 1, 1000), (256, 8, 3), (64, 2, 5)):
         out = torch.zeros(m, n, dtype=torch.float32, device=DEVICE)
         gk.mma_rows(x, qm, lin.qzeros, lin.scales, lin.bias, out, block_n=block_n, warps=warps,
                     target_programs=programs)

@@ -58,7 +58,7 @@ ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True) for bn in (16, 32
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
 MMA_CFGS = [dict(block_n=bn, warps=w, programs_per_sm=pps)
-            for bn, w in ((64, 4), (128, 4), (256, 8), (128, 2)) for pps in (1, 2, 3, 4, 8)]
+            for bn, w in ((64, 4), (128, 4), (256, 8)) for pps in (1, 2, 3, 4, 5, 6, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
               for w in (1, 2)]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
