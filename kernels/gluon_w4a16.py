@@ -18,11 +18,13 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 SPAN = gl.constexpr(128)
 # named thread_barrier in Triton 3.5–3.6, barrier later
 _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+# cp.async: async_copy_global_to_shared in Triton 3.5–3.6, async_load later (same leading arguments)
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
 
 @gluon.jit
@@ -121,6 +123,98 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         words, zw, s, a = words_n, zw_n, s_n, a_n
 
 
+@gluon.jit
+def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_xm, stride_ym,
+                        units_per_program, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
+                        WORD_L: gl.constexpr, STAGES: gl.constexpr):
+    """``_mma_rows_kernel`` with the words and x of the next STAGES − 1 units in flight by cp.async
+    into a ring of shared memory (no registers held for them); each thread then reads its
+    fragment words back with one 16-byte shared load."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
+    cw_l: gl.constexpr = gl.BlockedLayout([1, 1, 4], [8, 4, 1], [W, 1, 1], [2, 1, 0])
+    cn_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, cw_l))
+    x_l: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [W, 1], [1, 0])
+    spans = K // SPAN
+    u0 = gl.program_id(0) * units_per_program
+    u1 = gl.minimum(u0 + units_per_program, gl.cdiv(N, BLOCK_N) * spans)
+    ar_n = gl.arange(0, BLOCK_N, layout=n_l)
+    ar_cn = gl.arange(0, BLOCK_N, layout=cn_l)
+    ct = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, cw_l)))
+    cj = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, cw_l)))
+    ctj = (ct * 4)[None, :, None] + cj[None, None, :]
+    zsh = (((ar_n & 7) >> 1) << 2) | ((ar_n & 1) << 4)
+    am = gl.arange(0, 16, layout=gl.SliceLayout(1, x_l))
+    ak = gl.arange(0, SPAN, layout=gl.SliceLayout(0, x_l))
+    xofs = am[:, None] * stride_xm + ak[None, :]
+    xmask = (am < M)[:, None] & (ak < SPAN)[None, :]
+    w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 4, 4],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+    x_smem = gl.allocate_shared_memory(gl.float16, [STAGES, 16, SPAN], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    magic = gl.full([BLOCK_N, 4, 4], 0x64006400, gl.int32, WORD_L)
+    zero3 = gl.zeros([BLOCK_N, 4, 4], gl.int32, WORD_L)
+    ym = gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
+    ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
+    acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
+    for i in gl.static_range(STAGES - 1):  # prologue: the first STAGES − 1 units in flight
+        u = gl.minimum(u0 + i, u1 - 1)
+        tile = u // spans
+        sp = u - tile * spans
+        cols = gl.minimum(tile * BLOCK_N + ar_cn, N - 1)
+        _cp_async(w_smem.index(i), qm_ptr + cols[:, None, None] * k8 + ctj + sp * (SPAN // 8))
+        _cp_async(x_smem.index(i), x_ptr + xofs + sp * SPAN, xmask)
+        async_copy.commit_group()
+    tile = u0 // spans
+    sp = u0 - tile * spans
+    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+    zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+    s = gl.load(s_ptr + sp * N + cols)
+    for u in range(u0, u1):
+        it = u - u0
+        async_copy.wait_group(STAGES - 2)  # this thread's copies of unit u have landed
+        _barrier()  # everyone's have, and no warp still reads the slot refilled below
+        uf = gl.minimum(u + STAGES - 1, u1 - 1)
+        tile_f = uf // spans
+        sp_f = uf - tile_f * spans
+        cols_f = gl.minimum(tile_f * BLOCK_N + ar_cn, N - 1)
+        slot = (it + STAGES - 1) % STAGES
+        _cp_async(w_smem.index(slot), qm_ptr + cols_f[:, None, None] * k8 + ctj + sp_f * (SPAN // 8))
+        _cp_async(x_smem.index(slot), x_ptr + xofs + sp_f * SPAN, xmask)
+        async_copy.commit_group()
+        un = gl.minimum(u + 1, u1 - 1)
+        tile_n = un // spans
+        sp_n = un - tile_n * spans
+        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
+        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
+        s_n = gl.load(s_ptr + sp_n * N + cols)
+        words = w_smem.index(it % STAGES).load(WORD_L)
+        z = ((zw >> zsh) & 0xF).to(gl.float32)
+        hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        base = (hb | (hb << 16))[:, None, None] + zero3
+        scale = (hs | (hs << 16))[:, None, None] + zero3
+        p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))
+        p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
+        codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
+        codes = gl.permute(codes, [0, 2, 5, 4, 1, 3])  # natural k
+        codes = gl.reshape(codes, [BLOCK_N, SPAN])
+        b = gl.convert_layout(gl.permute(codes, [1, 0]), b_l, assert_trivial=True)
+        acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
+        tile = u // spans
+        if (u - tile * spans == spans - 1) | (u == u1 - 1):
+            yn = tile * BLOCK_N + ar_yn
+            if HAS_BIAS:
+                bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
+                acc += bias[None, :] * (u0 <= tile * spans).to(gl.float32)
+            gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc,
+                          mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
+            acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
+        zw, s = zw_n, s_n
+    async_copy.wait_group(0)
+
+
 def word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
     """Register layout of the (BLOCK_N, t, j) words: lane = 4·(n mod 8) + t, as the B fragment
     wants; a thread's four j in its registers (one 16-byte load); warps and repeats along n."""
@@ -134,10 +228,11 @@ def word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
 
 def mma_rows(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, block_n: int = 128, warps: int = 4,
-             target_programs: int = 396) -> torch.Tensor:
+             target_programs: int = 396, stages: int = 0) -> torch.Tensor:
     """x (M ≤ 16, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (M, N); group 128,
     ``qweight_m`` in the mma order (N, K/8). ``target_programs``: how many programs share the
-    (column tile, span) units (at most one per unit)."""
+    (column tile, span) units (at most one per unit). ``stages`` ≥ 2: the cp.async kernel with
+    that many slots of shared memory (a power of two); 0: the register pipeline."""
     m, k = x.shape
     n = scales.shape[1]
     assert m <= 16 and k % 128 == 0 and x.dtype == torch.float16 and x.stride(1) == 1
@@ -145,21 +240,26 @@ def mma_rows(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, sca
     assert block_n % (8 * warps) == 0
     units = triton.cdiv(n, block_n) * (k // 128)
     per = triton.cdiv(units, max(1, min(units, target_programs)))
-    _mma_rows_kernel[(triton.cdiv(units, per),)](
-        x, qweight_m, qzeros, scales, bias if bias is not None else scales, out, m, n, k, k // 8, x.stride(0),
-        out.stride(0), per, HAS_BIAS=bias is not None, BLOCK_N=block_n, W=warps, WORD_L=word_layout(block_n, warps),
-        num_warps=warps)
+    args = (x, qweight_m, qzeros, scales, bias if bias is not None else scales, out, m, n, k, k // 8, x.stride(0),
+            out.stride(0), per)
+    meta = dict(HAS_BIAS=bias is not None, BLOCK_N=block_n, W=warps, WORD_L=word_layout(block_n, warps),
+                num_warps=warps)
+    if stages:
+        _mma_rows_cp_kernel[(triton.cdiv(units, per),)](*args, STAGES=stages, **meta)
+    else:
+        _mma_rows_kernel[(triton.cdiv(units, per),)](*args, **meta)
     return out
 
 
-def compile_for(capability: int, block_n: int = 128, warps: int = 4):
+def compile_for(capability: int, block_n: int = 128, warps: int = 4, stages: int = 0):
     """Compile the kernel for a GPU that need not be here (CI: sm_90 and Jetson Orin's sm_87)."""
     from triton.backends.compiler import GPUTarget
     src = gluon._runtime.GluonASTSource(
-        fn=_mma_rows_kernel,
+        fn=_mma_rows_cp_kernel if stages else _mma_rows_kernel,
         signature={"x_ptr": "*fp16", "qm_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32",
                    "stride_ym": "i32", "units_per_program": "i32"},
-        constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps)},
+        constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps),
+                    **({"STAGES": stages} if stages else {})},
         attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})

@@ -253,23 +253,26 @@ def test_gluon_rows_kernel_on_gpu(m, k, n):
     x = _x(m, k, torch.float16, 601 + m)
     ref = _ref(x, lin)
     qm = to_mma(lin.qweight)
-    for block_n, warps, programs in ((128, 4, 1), (64, 4, 64), (32, 1, 1000), (256, 8, 3), (64, 2, 5)):
+    for block_n, warps, programs, stages in ((128, 4, 1, 0), (64, 4, 64, 0), (32, 1, 1000, 0), (256, 8, 3, 0),
+                                             (64, 2, 5, 0), (128, 4, 1, 4), (64, 4, 64, 2), (32, 1, 1000, 8),
+                                             (64, 2, 5, 4)):
         out = torch.zeros(m, n, dtype=torch.float32, device=DEVICE)
         gk.mma_rows(x, qm, lin.qzeros, lin.scales, lin.bias, out, block_n=block_n, warps=warps,
-                    target_programs=programs)
-        assert _rel(out, ref) < 1e-3, (block_n, warps, programs)
+                    target_programs=programs, stages=stages)
+        assert _rel(out, ref) < 1e-3, (block_n, warps, programs, stages)
         col_err = (out.double() - ref).abs().amax(0) / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
 
 
-@pytest.mark.parametrize("capability", [90, 87])
-def test_gluon_kernel_compiles_for_hopper_and_orin(capability):
+@pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])
+def test_gluon_kernel_compiles_for_hopper_and_orin(capability, stages):
     """Compiled here for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive
     by 16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
     compile if a layout conversion were needed)."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
-    ptx = gk.compile_for(capability).asm["ptx"]
-    assert ptx.count("ld.global.v4") >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
+    ptx = gk.compile_for(capability, stages=stages).asm["ptx"]
+    loads = "cp.async.cg.shared.global" if stages else "ld.global.v4"  # 16-byte copies, 16-byte loads
+    assert ptx.count(loads) >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
     assert "shfl" not in ptx
 
 

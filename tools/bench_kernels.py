@@ -57,8 +57,8 @@ ROW_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w, h2=True) for bn in (16, 32
             for w in (1, 2)] + [dict(block_n=32, chunk_k=256, num_warps=1, h2=False)]
 DOT_CFGS = [dict(block_n=bn, num_warps=w, num_stages=st, programs_per_sm=pps)
             for bn, w in ((64, 4), (128, 4), (128, 8)) for st in (3, 5) for pps in (2, 4, 8)]
-MMA_CFGS = [dict(block_n=bn, warps=w, programs_per_sm=pps)
-            for bn, w in ((64, 4), (128, 4), (256, 8)) for pps in (1, 2, 3, 4, 5, 6, 8)]
+MMA_CFGS = [dict(block_n=bn, warps=w, programs_per_sm=pps, stages=st)
+            for bn, w in ((64, 4), (128, 4), (256, 8)) for pps in (1, 2, 3, 4, 6) for st in (0, 2, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
               for w in (1, 2)]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
@@ -219,7 +219,7 @@ def main() -> None:
 
         def mma_acc_call(x, c, cfg, out):  # the Gluon kernel: always adds into a zeroed fp32 output
             return gk.mma_rows(x, c["qk"], c["qz"], c["sc"], None, out, block_n=cfg["block_n"], warps=cfg["warps"],
-                               target_programs=cfg["programs_per_sm"] * sms)
+                               target_programs=cfg["programs_per_sm"] * sms, stages=cfg["stages"])
 
         # K-splits added straight into zeroed fp32 outputs: one memset for all calls of the graph, as
         # a decode step zeroes every layer's outputs at once
