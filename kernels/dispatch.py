@@ -65,6 +65,7 @@ class KernelSettings:
     mma_block_n: int = 128
     mma_warps: int = 4
     mma_programs_per_sm: int = 3
+    mma_stages: int = 0  # Gluon kernel: 0 = register pipeline, 2/4/8 = cp.async ring of that many slots
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -227,7 +228,8 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             xd = x2 if x2.dtype == torch.float16 else x2.to(torch.float16)
             y = out if out is not None else torch.zeros(m, n, dtype=torch.float32, device=x2.device)
             _gluon_module().mma_rows(xd, qk, layer.qzeros, layer.scales, layer.bias, y, block_n=s.mma_block_n,
-                                     warps=s.mma_warps, target_programs=s.mma_programs_per_sm * _sm_count(x2.device))
+                                     warps=s.mma_warps, target_programs=s.mma_programs_per_sm * _sm_count(x2.device),
+                                     stages=s.mma_stages)
             if acc is None:
                 y = y.to(x2.dtype)
         else:
