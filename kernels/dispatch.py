@@ -225,6 +225,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2, out=out,
                             accumulate=acc is not None, pdl=s.pdl, gated=gated, mma=mma)
         elif mma and m > 1 and x2.dtype != torch.bfloat16:
+            _announce("triton", "2-16 rows: the Gluon kernel on the mma order")
             xd = x2 if x2.dtype == torch.float16 else x2.to(torch.float16)
             y = out if out is not None else torch.zeros(m, n, dtype=torch.float32, device=x2.device)
             _gluon_module().mma_rows(xd, qk, layer.qzeros, layer.scales, layer.bias, y, block_n=s.mma_block_n,
