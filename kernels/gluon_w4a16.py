@@ -43,6 +43,54 @@ def _pair(words, P: gl.constexpr, magic, base, scale):
 
 
 @gluon.jit
+def _unit(u, spans, ar_n, N, BLOCK_N: gl.constexpr):
+    """Unit u's span and its tile's columns (those past N read column N − 1, never stored, so the
+    loads need no mask and stay 16-byte vectors)."""
+    tile = u // spans
+    return u - tile * spans, gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+
+
+@gluon.jit
+def _word_offsets(cols, k8, tj):
+    """Offsets of the columns' words 4t … 4t + 3 of span 0: one 16-byte vector per thread."""
+    return gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
+
+
+@gluon.jit
+def _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, b_l: gl.constexpr):
+    """A span's (n, t, j) words, packed zero points and scales → the (128, BLOCK_N) B operand of
+    (q − z)·s in natural k, in the registers that loaded the words (``assert_trivial``)."""
+    z = ((zw >> zsh) & 0xF).to(gl.float32)
+    hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    base = (hb | (hb << 16))[:, None, None] + zero3
+    scale = (hs | (hs << 16))[:, None, None] + zero3
+    p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))  # (n,t,j,d0,P0)
+    p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
+    codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
+    codes = gl.permute(codes, [0, 2, 5, 4, 1, 3])  # (n, j, P1, P0, t, d0): natural k
+    codes = gl.reshape(codes, [BLOCK_N, SPAN])
+    return gl.convert_layout(gl.permute(codes, [1, 0]), b_l, assert_trivial=True)
+
+
+@gluon.jit
+def _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS: gl.constexpr,
+           BLOCK_N: gl.constexpr):
+    """After unit u: if the run leaves its tile (or ends), add the sum into the output and restart
+    it at zero. The bias is added once, by the run that holds the tile's first span."""
+    tile = u // spans
+    if (u - tile * spans == spans - 1) | (u == u1 - 1):
+        yn = tile * BLOCK_N + ar_yn
+        if HAS_BIAS:
+            bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
+            acc += bias[None, :] * (u0 <= tile * spans).to(gl.float32)
+        gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc,
+                      mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
+        acc = gl.zeros_like(acc)
+    return acc
+
+
+@gluon.jit
 def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_xm, stride_ym,
                      units_per_program, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
                      WORD_L: gl.constexpr):
@@ -76,50 +124,24 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     ym = gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
     ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
-    # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math;
-    # columns past N read column N − 1 (no mask, so the loads stay 16-byte vectors) and are never stored
-    tile = u0 // spans
-    sp = u0 - tile * spans
-    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)
-    wofs = gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
-    words = gl.load(qm_ptr + wofs + sp * (SPAN // 8), eviction_policy="evict_first")
+    # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
+    sp, cols = _unit(u0, spans, ar_n, N, BLOCK_N)
+    words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
     zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
     s = gl.load(s_ptr + sp * N + cols)
     a = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
     for u in range(u0, u1):
-        un = gl.minimum(u + 1, u1 - 1)
-        tile_n = un // spans
-        sp_n = un - tile_n * spans
-        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
-        wofs = gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
-        words_n = gl.load(qm_ptr + wofs + sp_n * (SPAN // 8), eviction_policy="evict_first")
-        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
-        s_n = gl.load(s_ptr + sp_n * N + cols)
-        a_n = gl.load(x_ptr + xofs + sp_n * SPAN, mask=xmask, other=0.0)
-        z = ((zw >> zsh) & 0xF).to(gl.float32)
-        hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-        hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-        base = (hb | (hb << 16))[:, None, None] + zero3
-        scale = (hs | (hs << 16))[:, None, None] + zero3
-        p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))  # (n,t,j,d0,P0)
-        p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
-        codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
-        codes = gl.permute(codes, [0, 2, 5, 4, 1, 3])  # (n, j, P1, P0, t, d0): natural k
-        codes = gl.reshape(codes, [BLOCK_N, SPAN])
-        b = gl.convert_layout(gl.permute(codes, [1, 0]), b_l, assert_trivial=True)
+        sp, cols = _unit(gl.minimum(u + 1, u1 - 1), spans, ar_n, N, BLOCK_N)
+        words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
+        zw_n = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+        s_n = gl.load(s_ptr + sp * N + cols)
+        a_n = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
+        b = _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         _barrier()  # every warp has read the previous step's x
         x_smem.store(a)
         _barrier()
         acc = mma_v2(x_smem.load(a_l), b, acc)
-        tile = u // spans
-        if (u - tile * spans == spans - 1) | (u == u1 - 1):  # the run leaves this tile: flush
-            yn = tile * BLOCK_N + ar_yn
-            if HAS_BIAS:  # added once, by the run that holds the tile's first span
-                bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
-                acc += bias[None, :] * (u0 <= tile * spans).to(gl.float32)
-            gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc,
-                          mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
-            acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
+        acc = _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
         words, zw, s, a = words_n, zw_n, s_n, a_n
 
 
@@ -159,58 +181,28 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
     ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
     for i in gl.static_range(STAGES - 1):  # prologue: the first STAGES − 1 units in flight
-        u = gl.minimum(u0 + i, u1 - 1)
-        tile = u // spans
-        sp = u - tile * spans
-        cols = gl.minimum(tile * BLOCK_N + ar_cn, N - 1)
+        sp, cols = _unit(gl.minimum(u0 + i, u1 - 1), spans, ar_cn, N, BLOCK_N)
         _cp_async(w_smem.index(i), qm_ptr + cols[:, None, None] * k8 + ctj + sp * (SPAN // 8))
         _cp_async(x_smem.index(i), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
-    tile = u0 // spans
-    sp = u0 - tile * spans
-    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+    sp, cols = _unit(u0, spans, ar_n, N, BLOCK_N)
     zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
     s = gl.load(s_ptr + sp * N + cols)
     for u in range(u0, u1):
         it = u - u0
         async_copy.wait_group(STAGES - 2)  # this thread's copies of unit u have landed
         _barrier()  # everyone's have, and no warp still reads the slot refilled below
-        uf = gl.minimum(u + STAGES - 1, u1 - 1)
-        tile_f = uf // spans
-        sp_f = uf - tile_f * spans
-        cols_f = gl.minimum(tile_f * BLOCK_N + ar_cn, N - 1)
+        sp, cols = _unit(gl.minimum(u + STAGES - 1, u1 - 1), spans, ar_cn, N, BLOCK_N)
         slot = (it + STAGES - 1) % STAGES
-        _cp_async(w_smem.index(slot), qm_ptr + cols_f[:, None, None] * k8 + ctj + sp_f * (SPAN // 8))
-        _cp_async(x_smem.index(slot), x_ptr + xofs + sp_f * SPAN, xmask)
+        _cp_async(w_smem.index(slot), qm_ptr + cols[:, None, None] * k8 + ctj + sp * (SPAN // 8))
+        _cp_async(x_smem.index(slot), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
-        un = gl.minimum(u + 1, u1 - 1)
-        tile_n = un // spans
-        sp_n = un - tile_n * spans
-        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
-        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
-        s_n = gl.load(s_ptr + sp_n * N + cols)
-        words = w_smem.index(it % STAGES).load(WORD_L)
-        z = ((zw >> zsh) & 0xF).to(gl.float32)
-        hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-        hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-        base = (hb | (hb << 16))[:, None, None] + zero3
-        scale = (hs | (hs << 16))[:, None, None] + zero3
-        p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))
-        p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
-        codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
-        codes = gl.permute(codes, [0, 2, 5, 4, 1, 3])  # natural k
-        codes = gl.reshape(codes, [BLOCK_N, SPAN])
-        b = gl.convert_layout(gl.permute(codes, [1, 0]), b_l, assert_trivial=True)
+        sp, cols = _unit(gl.minimum(u + 1, u1 - 1), spans, ar_n, N, BLOCK_N)
+        zw_n = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+        s_n = gl.load(s_ptr + sp * N + cols)
+        b = _b_operand(w_smem.index(it % STAGES).load(WORD_L), zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
-        tile = u // spans
-        if (u - tile * spans == spans - 1) | (u == u1 - 1):
-            yn = tile * BLOCK_N + ar_yn
-            if HAS_BIAS:
-                bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
-                acc += bias[None, :] * (u0 <= tile * spans).to(gl.float32)
-            gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], acc,
-                          mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
-            acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
+        acc = _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
         zw, s = zw_n, s_n
     async_copy.wait_group(0)
 
