@@ -258,6 +258,7 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
     for g, s in chosen:
         _apply_scale(block, g, s)
         feats[g.name] = feats[g.name] / s
+    grams: dict[str, torch.Tensor] = {}  # per group, of its scaled input sample (clip search, refit)
 
     if opts.clip != "none":
         t0 = time.perf_counter()
@@ -267,7 +268,7 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
             if not names:
                 continue
             xin = feats[g.name]
-            gram = group_gram(sample_tokens(xin), group_size)
+            gram = grams[g.name] = group_gram(sample_tokens(xin), group_size)
             weights = {n: block.get_submodule(n).weight for n in g.linears}
             max_vals = {n: search_clip(weights[n], gram, group_size) for n in names}
             # The clip search minimises each linear's own output error; a clip is kept only if the
@@ -295,8 +296,10 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
         times["clip"] = time.perf_counter() - t0
     if opts.refit:
         t0 = time.perf_counter()
-        for g in groups:
-            gram = group_gram(sample_tokens(feats[g.name]), group_size)
+        for g in groups:  # the clip search's Gram matrices where it made them (the inputs are the same)
+            gram = grams.get(g.name)
+            if gram is None:
+                gram = group_gram(sample_tokens(feats[g.name]), group_size)
             for n in g.linears:
                 data[f"awq.gain.{n}"] = refit_gains(block.get_submodule(n).weight, gram, group_size).cpu()
         times["refit"] = time.perf_counter() - t0
