@@ -79,9 +79,12 @@ def _run(fn):
               help="Scales from activation and weight magnitudes (AutoAWQ's duo scaling), not activations alone.")
 @click.option("--refit", is_flag=True,
               help="Refit each group's scale to the least-squares gain of its codes on the calibration inputs.")
+@click.option("--rounding", type=click.Choice(["nearest", "gptq"]), default="nearest", show_default=True,
+              help="Final codes by round-to-nearest, or by GPTQ's error-compensating rounding on the "
+                   "calibration inputs (after the AWQ scales and clips).")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, samples, sample_tokens,
-             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, refit, device):
+             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, refit, rounding, device):
     """Quantize the HF model in MODEL_DIR to an INT4 AWQ checkpoint in OUT_DIR (resumable)."""
     import torch
 
@@ -92,7 +95,8 @@ def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         calib = CalibConfig(calib_source, samples, sample_tokens, block_tokens, max_blocks, seed, calib_field)
         opts = QuantizeOptions(method=method, group_size=group_size, calib=calib, device=dev,
-                               clip="none" if no_clip else clip, duo_scaling=duo_scaling, refit=refit)
+                               clip="none" if no_clip else clip, duo_scaling=duo_scaling, refit=refit,
+                               rounding=rounding)
         r = quantize_model(model_dir, out_dir, opts, progress=Bar("quantize"))
         q = r["quantization_config"]
         click.echo(f"{method.upper()} w{q['bits']} g{q['group_size']} → {out_dir}: {fmt_bytes(r['total_bytes'])} "

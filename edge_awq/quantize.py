@@ -24,7 +24,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .awq import apply_clip, channel_mean_abs, group_gram, refit_gains, sample_tokens, search_clip, search_scale
+from .awq import (
+    apply_clip,
+    channel_mean_abs,
+    gptq_quantize,
+    group_gram,
+    input_hessian,
+    refit_gains,
+    sample_tokens,
+    search_clip,
+    search_scale,
+)
 from .calibration import CalibConfig, blocks_digest, calibration_blocks
 from .config import ModelConfig, QuantConfig, read_json
 from .errors import EdgeAwqError
@@ -54,6 +64,7 @@ REPORT = "quant_report.json"
 MAX_SHARD_BYTES = 2 << 30
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
+Codes = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (q, scale, zero) as ``quant.quantize`` returns
 
 # Which linears the clip search may clip (q and k never: ``families.NO_CLIP``). "attention" leaves
 # the MLP unclipped: its clips minimise each linear's own output error, and on Qwen2.5-Coder-1.5B
@@ -71,6 +82,7 @@ class QuantizeOptions:
     clip: str = "all"  # "all" (every linear but q/k), "attention" (v, o), "attention+k" (k, v, o), "none"
     duo_scaling: bool = False
     refit: bool = False  # least-squares refit of every group scale for its codes (``awq.refit_gains``)
+    rounding: str = "nearest"  # "nearest" or "gptq" (``awq.gptq_quantize``): how the final codes are chosen
     chunk_blocks: int = 4  # calibration blocks per forward pass: bounds temporaries
 
     def __post_init__(self):
@@ -78,6 +90,10 @@ class QuantizeOptions:
             raise EdgeAwqError(f"--method {self.method!r} is not supported (awq or rtn)")
         if self.clip not in CLIP_SCOPES:
             raise EdgeAwqError(f"--clip {self.clip!r} is not one of {', '.join(CLIP_SCOPES)}")
+        if self.rounding not in ("nearest", "gptq"):
+            raise EdgeAwqError(f"--rounding {self.rounding!r} is not supported (nearest or gptq)")
+        if self.rounding == "gptq" and (self.method != "awq" or self.refit):
+            raise EdgeAwqError("--rounding gptq needs --method awq and no --refit (it chooses the scales itself)")
         QuantConfig(group_size=self.group_size)
 
 
@@ -153,6 +169,8 @@ def plan(model_dir: Path, opts: QuantizeOptions) -> Plan:
         for flag in ("duo_scaling", "refit"):  # only when set, so runs started before the option keep their key
             if getattr(opts, flag):
                 ident[flag] = True
+        if opts.rounding != "nearest":
+            ident["rounding"] = opts.rounding
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(model_dir, cfg, qcfg, reader, calib, key)
 
@@ -225,10 +243,11 @@ def _clippable(name: str, scope: str, no_clip: tuple[str, ...]) -> bool:
 
 def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: QuantizeOptions,
               groups: tuple[ScaleGroup, ...], no_clip: tuple[str, ...]
-              ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+              ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, dict[str, Codes]]:
     """Search and apply AWQ scales and clips to ``block`` in place.
 
-    Returns (record, search data tensors, FP block output = next block's input).
+    Returns (record, search data tensors, FP block output = next block's input, and the codes
+    chosen by GPTQ's rounding per linear — empty unless ``opts.rounding`` is "gptq").
     """
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -303,8 +322,18 @@ def awq_block(block: Block, x: torch.Tensor, rope, group_size: int, opts: Quanti
             for n in g.linears:
                 data[f"awq.gain.{n}"] = refit_gains(block.get_submodule(n).weight, gram, group_size).cpu()
         times["refit"] = time.perf_counter() - t0
+    codes: dict[str, Codes] = {}
+    if opts.rounding == "gptq":
+        t0 = time.perf_counter()
+        for g in groups:  # the linears of a group share their input, so one Hessian and one pass
+            weights = [block.get_submodule(n).weight for n in g.linears]
+            q, scale, zero = gptq_quantize(torch.cat(weights), input_hessian(feats[g.name]), group_size)
+            rows = [w.shape[0] for w in weights]
+            for n, *c in zip(g.linears, q.split(rows), scale.split(rows), zero.split(rows), strict=True):
+                codes[n] = tuple(c)
+        times["gptq"] = time.perf_counter() - t0
     record["seconds"] = {k: round(v, 3) for k, v in times.items()}
-    return record, data, x_next
+    return record, data, x_next, codes
 
 
 def _fp16(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -314,14 +343,15 @@ def _fp16(name: str, t: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def pack_block(block: Block, prefix: str, group_size: int, gains: dict[str, torch.Tensor] | None = None
-               ) -> dict[str, torch.Tensor]:
+def pack_block(block: Block, prefix: str, group_size: int, gains: dict[str, torch.Tensor] | None = None,
+               codes: dict[str, Codes] | None = None) -> dict[str, torch.Tensor]:
     """Quantize every linear of a (scaled, clipped) FP block and return its checkpoint tensors;
-    ``gains`` (by linear name, (N, K/g)) multiply the group scales of round-to-nearest's codes."""
+    ``gains`` (by linear name, (N, K/g)) multiply the group scales of round-to-nearest's codes;
+    a linear in ``codes`` is packed with those (q, scale, zero) instead of rounding to nearest."""
     out = {}
     for name in LINEAR_NAMES:
         lin = block.get_submodule(name)
-        q, scale, zero = quantize(lin.weight, group_size)
+        q, scale, zero = codes[name] if codes and name in codes else quantize(lin.weight, group_size)
         if gains and name in gains:
             scale = (scale * gains[name].to(scale.device)).half().float()
         for k, v in pack_linear(q, scale, zero).items():
@@ -443,11 +473,12 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
         block = load_block(p.reader, cfg, i, torch.float32).to(device)
         with torch.no_grad():
             if opts.method == "awq":
-                record, data, x_next = awq_block(block, x, rope, g, opts, family.scale_groups, family.no_clip)
+                record, data, x_next, codes = awq_block(block, x, rope, g, opts, family.scale_groups,
+                                                        family.no_clip)
             else:
-                record, data, x_next = {}, {}, None
+                record, data, x_next, codes = {}, {}, None, {}
             gains = {k.removeprefix("awq.gain."): v for k, v in data.items() if k.startswith("awq.gain.")}
-            tensors = pack_block(block, block_prefix(i), g, gains)
+            tensors = pack_block(block, block_prefix(i), g, gains, codes)
         record["block_seconds"] = round(time.perf_counter() - t0, 3)
         write_safetensors(_block_file(state, i), {**tensors, **data}, {"record": json.dumps(record)})
         if x_next is not None:

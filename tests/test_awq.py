@@ -5,8 +5,10 @@ import torch
 from edge_awq.awq import (
     apply_clip,
     channel_mean_abs,
+    gptq_quantize,
     grid_scales,
     group_gram,
+    input_hessian,
     refit_gains,
     sample_tokens,
     search_clip,
@@ -115,3 +117,51 @@ def test_refit_gains_minimise_each_groups_output_error():
     assert refit.sum() < 0.99 * rtn.sum()
     for step in (0.99, 1.01):  # a least-squares optimum: moving the gain either way is worse
         assert (group_err(scale * alpha * step) >= refit * (1 - 1e-5)).all()
+
+
+def _correlated(t, k, seed):
+    mix = torch.randn(k, k, generator=_gen(seed)) * 0.15 + torch.eye(k)
+    return (torch.randn(t, k, generator=_gen(seed + 1)) * torch.linspace(0.2, 3, k)) @ mix
+
+
+def test_input_hessian_is_the_token_mean_of_xxt():
+    x = torch.randn(2, 300, 48, generator=_gen(20))
+    flat = x.reshape(-1, 48).double()
+    torch.testing.assert_close(input_hessian(x).double(), flat.T @ flat / 600, rtol=1e-5, atol=1e-6)
+
+
+def test_gptq_is_round_to_nearest_for_uncorrelated_channels():
+    """With a diagonal Hessian no error can be compensated: GPTQ must give RTN's exact codes."""
+    w = torch.randn(24, 256, generator=_gen(10)) * 0.05
+    h = torch.diag(torch.rand(256, generator=_gen(11)) + 0.5)
+    for got, want in zip(gptq_quantize(w, h, 64), quantize(w, 64), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_gptq_lowers_the_output_error_on_correlated_inputs():
+    n, k, g = 64, 256, 64
+    w = torch.randn(n, k, generator=_gen(12)) * 0.05
+    both = _correlated(3000, k, 13)
+    x, held = both[:2000], both[2000:]  # held: same distribution, tokens not in the Hessian
+    q, scale, zero = gptq_quantize(w, input_hessian(x), g)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and zero.dtype == torch.uint8
+    assert torch.equal(scale, scale.half().float())  # what the fp16 checkpoint stores
+
+    def out_err(x_, codes):
+        return (x_ @ (dequantize(*codes, g) - w).T).pow(2).mean().item()
+
+    rtn = quantize(w, g)
+    assert out_err(x, (q, scale, zero)) < 0.7 * out_err(x, rtn)
+    assert out_err(held, (q, scale, zero)) < 0.8 * out_err(held, rtn)
+
+
+def test_gptq_survives_dead_channels():
+    """An input channel that is always zero has no Hessian entry: no NaN, and its weights are free."""
+    n, k, g = 16, 128, 32
+    w = torch.randn(n, k, generator=_gen(16)) * 0.05
+    x = _correlated(500, k, 17)
+    x[:, 5] = 0
+    q, scale, zero = gptq_quantize(w, input_hessian(x), g)
+    deq = dequantize(q, scale, zero, g)
+    assert torch.isfinite(deq).all() and torch.isfinite(scale).all()
+    assert (x @ (deq - w).T).pow(2).mean() < (x @ (fake_quantize(w, g) - w).T).pow(2).mean()

@@ -125,3 +125,32 @@ def test_refit_and_k_clip_change_only_what_they_should(tmp_path, model_and_refer
     report = quantize_model(model, tmp_path / "k", replace(OPTS, clip="attention+k"))
     for block in report["blocks"]:
         assert set(block["clipped"]) == {"self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
+
+
+def test_gptq_rounding_is_its_own_run_and_resumes(tmp_path, model_and_reference):
+    """``--rounding gptq`` keeps the AWQ scales (norm weights, biases) of the plain run, changes the
+    codes, and an interrupted run resumes to the same tensors."""
+    from dataclasses import replace
+
+    from edge_awq.errors import EdgeAwqError
+
+    model, ref = model_and_reference
+    gptq = replace(OPTS, rounding="gptq")
+    whole = quantize_model(model, tmp_path / "whole", gptq)
+    assert all("gptq" in b["seconds"] for b in whole["blocks"])
+    with pytest.raises(Interrupt):
+        quantize_model(model, tmp_path / "cut", gptq, progress=_stop_at(2))
+    with pytest.raises(EdgeAwqError, match="different model or options"):
+        quantize_model(model, tmp_path / "cut", OPTS)
+    quantize_model(model, tmp_path / "cut", gptq)
+    got, again = _tensors(tmp_path / "whole"), _tensors(tmp_path / "cut")
+    assert got.keys() == ref.keys() == again.keys()
+    for name, t in ref.items():
+        assert torch.equal(again[name], got[name]), name
+        if name.endswith("norm.weight") or name.endswith("bias"):
+            assert torch.equal(got[name], t), name  # same scale search and clips before the rounding
+    assert any(not torch.equal(got[n], ref[n]) for n in ref if n.endswith("qweight"))
+    with pytest.raises(EdgeAwqError, match="--rounding"):
+        replace(OPTS, rounding="gptq", refit=True)
+    with pytest.raises(EdgeAwqError, match="--rounding"):
+        replace(OPTS, rounding="stochastic")

@@ -66,7 +66,7 @@ def main() -> None:
             if i < a.block:
                 x = torch.cat([block(xc, *rope) for xc in x.split(4)])
         fresh = load_block(reader, cfg, a.block, torch.float32).to(dev)
-        record, _, _ = awq_block(block, x, rope, a.group_size, opts, cfg.family.scale_groups, cfg.family.no_clip)
+        record, *_ = awq_block(block, x, rope, a.group_size, opts, cfg.family.scale_groups, cfg.family.no_clip)
 
     t, h, i_, q, kv = calib.numel(), cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim, \
         cfg.num_kv_heads * cfg.head_dim
