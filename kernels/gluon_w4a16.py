@@ -1,4 +1,5 @@
-"""Gluon W4A16 kernel for 2–16 rows on the ``mma`` order (layout.py), group 128, fp16 activations.
+"""Gluon W4A16 kernels on the ``mma`` order (layout.py), group 128, fp16 activations: one for 2–16
+rows (any GPU with mma.m16n8k16, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
 
 Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16`` for a span of
 128 k (four k-steps), so the codes become half2 in the registers that loaded them — one shift,
@@ -14,17 +15,22 @@ converts it to the dot operand through shared memory (docs/kernel-notes.md, vers
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 SPAN = gl.constexpr(128)
 # named thread_barrier in Triton 3.5–3.6, barrier later
 _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 # cp.async: async_copy_global_to_shared in Triton 3.5–3.6, async_load later (same leading arguments)
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# TMA: async_copy_global_to_shared in Triton 3.5–3.6, async_load later
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
@@ -57,9 +63,9 @@ def _word_offsets(cols, k8, tj):
 
 
 @gluon.jit
-def _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, b_l: gl.constexpr):
-    """A span's (n, t, j) words, packed zero points and scales → the (128, BLOCK_N) B operand of
-    (q − z)·s in natural k, in the registers that loaded the words (``assert_trivial``)."""
+def _codes(words, zw, s, zsh, magic, zero3):
+    """(n, t, j) words, packed zero points and scales → (q − z)·s as (n, j, P1, P0, t, d0): the k
+    of a fragment in natural order, in the registers that loaded the words."""
     z = ((zw >> zsh) & 0xF).to(gl.float32)
     hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
     hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
@@ -68,8 +74,14 @@ def _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, b_l: gl.c
     p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))  # (n,t,j,d0,P0)
     p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
     codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
-    codes = gl.permute(codes, [0, 2, 5, 4, 1, 3])  # (n, j, P1, P0, t, d0): natural k
-    codes = gl.reshape(codes, [BLOCK_N, SPAN])
+    return gl.permute(codes, [0, 2, 5, 4, 1, 3])
+
+
+@gluon.jit
+def _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, b_l: gl.constexpr):
+    """A span's (n, t, j) words → the (128, BLOCK_N) B operand of mma.m16n8k16, no data moved
+    between threads (``assert_trivial``)."""
+    codes = gl.reshape(_codes(words, zw, s, zsh, magic, zero3), [BLOCK_N, SPAN])
     return gl.convert_layout(gl.permute(codes, [1, 0]), b_l, assert_trivial=True)
 
 
@@ -207,6 +219,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
     async_copy.wait_group(0)
 
 
+@functools.cache  # built once: the launcher hashes constexpr layouts on every call
 def word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
     """Register layout of the (BLOCK_N, t, j) words: lane = 4·(n mod 8) + t, as the B fragment
     wants; a thread's four j in its registers (one 16-byte load); warps and repeats along n."""
@@ -254,4 +267,167 @@ def compile_for(capability: int, block_n: int = 128, warps: int = 4, stages: int
         constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps),
                     **({"STAGES": stages} if stages else {})},
         attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
+
+
+# ---------------------------------------------------------------- prefill: warpgroup MMA, weights from registers
+
+HALF = gl.constexpr(64)  # k per TMA box: 128-byte swizzle rows hold 64 fp16
+
+
+@gluon.jit
+def _a_half(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, a_l: gl.constexpr):
+    """Half a span's (n, t, 2) words (j = 0, 1 or 2, 3) → the (BLOCK_N, 64) A operand of warpgroup
+    MMA, no data moved between threads (``assert_trivial``)."""
+    codes = gl.reshape(_codes(words, zw, s, zsh, magic, zero3), [BLOCK_N, HALF])
+    return gl.convert_layout(codes, a_l, assert_trivial=True)
+
+
+@gluon.jit
+def _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, W: gl.constexpr):
+    """Yᵀ tile (+ bias, in fp32) → y (M, N) fp16, through shared memory so that the stores are 16
+    bytes along n (4-byte stores along m straight from the MMA layout: 15 % slower at M = 2048)."""
+    if HAS_BIAS:
+        bn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc.type.layout))
+        acc += gl.load(b_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+    out_l: gl.constexpr = gl.BlockedLayout([8, 1], [BLOCK_N // 8, 256 // BLOCK_N], [1, W], [0, 1])
+    y = gl.convert_layout(acc.to(gl.float16), out_l)
+    yn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_l))
+    ym = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_l))
+    gl.store(y_ptr + ym[None, :] * stride_ym + yn[:, None], y, mask=(yn < N)[:, None] & (ym < M)[None, :])
+
+
+@gluon.jit
+def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                 HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
+                 WORD_L: gl.constexpr, STAGES: gl.constexpr):
+    """Yᵀ tile (BLOCK_N weight rows × BLOCK_M tokens) = W · Xᵀ by warpgroup MMA: the weights are the
+    A operand straight from the registers that loaded and dequantized them, x the B operand from
+    shared memory, brought span by span (two 64-k TMA boxes) through a ring of STAGES slots."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
+                                                  instr_shape=[16, BLOCK_M, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
+    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
+    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
+    m_tiles = gl.cdiv(M, BLOCK_M)
+    pid = gl.program_id(0)
+    m0 = (pid % m_tiles) * BLOCK_M  # consecutive programs share a weight tile: it is read from HBM once
+    n0 = (pid // m_tiles) * BLOCK_N
+    spans = K // SPAN
+    rows = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=n_l), N - 1)  # past N: row N − 1, never stored
+    offs_t = gl.arange(0, 4, layout=t_l)
+    offs_j = gl.arange(0, 2, layout=j_l)
+    tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
+    wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
+    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
+    magic = gl.full([BLOCK_N, 4, 2], 0x64006400, gl.int32, WORD_L)
+    zero3 = gl.zeros([BLOCK_N, 4, 2], gl.int32, WORD_L)
+
+    x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    for i in gl.static_range(STAGES):  # prologue: the first STAGES spans of x in flight
+        if i < spans:
+            mbarrier.expect(bars.index(i), 2 * x_desc.block_type.nbytes)
+            _tma_load(x_desc, [m0, i * SPAN], bars.index(i), x_smem.index(2 * i))
+            _tma_load(x_desc, [m0, i * SPAN + HALF], bars.index(i), x_smem.index(2 * i + 1))
+
+    w0 = gl.load(qm_ptr + wofs, eviction_policy="evict_last")
+    w1 = gl.load(qm_ptr + wofs + 2, eviction_policy="evict_last")
+    zw = gl.load(qz_ptr + rows // 8)
+    s = gl.load(s_ptr + rows)
+    acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
+    for sp in range(spans):
+        nx = gl.minimum(sp + 1, spans - 1)  # the next span's words, zeros and scales, loaded ahead
+        w0_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8), eviction_policy="evict_last")
+        w1_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8) + 2, eviction_policy="evict_last")
+        zw_n = gl.load(qz_ptr + nx * (N // 8) + rows // 8)
+        s_n = gl.load(s_ptr + nx * N + rows)
+        a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
+        a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
+        slot = sp % STAGES
+        mbarrier.wait(bars.index(slot), (sp // STAGES) & 1)
+        acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+        # Wait for this span's MMAs before the next span's operands are made: the MMAs read the A
+        # registers after they are issued, and the compiler would reuse them (wrong results on the
+        # H100 with the wait one span later). The tensor cores stay busy with the other warpgroup's
+        # and the other programs' MMAs meanwhile. Then the slot takes the span STAGES ahead.
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+        ahead = sp + STAGES
+        if ahead < spans:
+            mbarrier.expect(bars.index(slot), 2 * x_desc.block_type.nbytes)
+            _tma_load(x_desc, [m0, ahead * SPAN], bars.index(slot), x_smem.index(2 * slot))
+            _tma_load(x_desc, [m0, ahead * SPAN + HALF], bars.index(slot), x_smem.index(2 * slot + 1))
+        w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+
+    _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N, W)
+
+
+@functools.cache
+def gemm_word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
+    """Register layout of the (BLOCK_N, t, 2) words of half a span: each warp holds 16 weight rows,
+    lane = 4·(row mod 8) + t and a register bit for row + 8, as warpgroup MMA's A fragment wants;
+    a thread's two j in its registers (one 8-byte load)."""
+    reps = block_n // (16 * warps)
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 0, 1], [8, 0, 0]] + [[16 * warps * (1 << i), 0, 0] for i in range(reps.bit_length() - 1)],
+        lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16 * (1 << i), 0, 0] for i in range(warps.bit_length() - 1)],
+        block_bases=[], shape=[block_n, 4, 2])
+
+
+def gemm_config(m: int) -> dict:
+    """Tiles for M rows, the best measured on the H100 (docs/benchmarks.md): one warpgroup on 64 weight
+    rows × 64 (M ≤ 64) or 128 tokens; past 1024 rows, two warpgroups on 128 × 256."""
+    if m <= 64:
+        return dict(block_m=64, block_n=64, warps=4, stages=4)
+    if m <= 1024:
+        return dict(block_m=128, block_n=64, warps=4, stages=3)
+    return dict(block_m=256, block_n=128, warps=8, stages=3)
+
+
+@functools.cache
+def _x_layout() -> gl.NVMMASharedLayout:
+    """x's boxes in shared memory: rows of 64 fp16 (128 bytes) swizzled, as TMA writes and the MMA reads them."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+def mma_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+             bias: torch.Tensor | None, out: torch.Tensor | None = None, block_m: int = 256,
+             block_n: int = 128, warps: int = 8, stages: int = 3) -> torch.Tensor:
+    """x (M, K) fp16 → x·W (+ bias) in fp16 (M, N), into ``out`` if given; group 128, ``qweight_m``
+    in the mma order."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    m, k = x.shape
+    n = scales.shape[1]
+    assert k % 128 == 0 and x.dtype == torch.float16 and x.is_contiguous()
+    assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128 and block_n % (16 * warps) == 0
+    y = torch.empty(m, n, dtype=torch.float16, device=x.device) if out is None else out
+    assert y.shape == (m, n) and y.dtype == torch.float16 and y.stride(1) == 1
+    desc = TensorDescriptor.from_tensor(x, [block_m, 64], _x_layout())
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _gemm_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
+                       y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, W=warps,
+                       WORD_L=gemm_word_layout(block_n, warps), STAGES=stages, num_warps=warps)
+    return y
+
+
+def compile_gemm_for(capability: int = 90, block_m: int = 256, block_n: int = 128, warps: int = 8, stages: int = 3):
+    """Compile the prefill kernel for a GPU that need not be here (CI: sm_90)."""
+    from triton.backends.compiler import GPUTarget
+    lay = _x_layout()
+    src = gluon._runtime.GluonASTSource(
+        fn=_gemm_kernel,
+        signature={"x_desc": f"tensordesc<fp16[{block_m},64],{lay!r}>", "qm_ptr": "*i32", "qz_ptr": "*i32",
+                   "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32",
+                   "k8": "i32", "stride_ym": "i32"},
+        constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "W": warps,
+                    "WORD_L": gemm_word_layout(block_n, warps), "STAGES": stages},
+        attrs={(i,): [["tt.divisibility", 16]] for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})

@@ -61,6 +61,8 @@ MMA_CFGS = [dict(block_n=bn, warps=w, programs_per_sm=pps, stages=st)
             for bn, w in ((64, 4), (128, 4), (256, 8)) for pps in (1, 2, 3, 4, 6) for st in (0, 2, 4, 8)]
 PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) for ck in (256, 512, 1024)
               for w in (1, 2)]
+GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st in
+             ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
@@ -313,13 +315,26 @@ def main() -> None:
                         arena.zero_()
                         errs["gluon"] = rel_err(mma_acc_call(x, base, cfg, arena[0, :m]), ref)
                         cands["gluon"] = acc_graph_us(x, mma_acc_call, cfg)
-            else:
-                fp16_us = median_us(lambda: F.linear(x, w16))
-                i4_us = median_us(lambda: int4pack_linear(xb, i4[0], i4[1], GROUP, None))
+            else:  # CUDA graphs here too: the kernel's time, not Python's launch cost (up to 170 µs a call)
+                pre = copies[:4]
+                fp16_us = graph_us([lambda w=w: F.linear(x, w) for w in w16_copies[:4]])
+                i4_us = graph_us([lambda c=c: int4pack_linear(xb, *c["i4"], GROUP, None) for c in copies[:2]], reps=5)
                 for nc in CHUNKS:
                     label = "dequant+mm" if nc is None else f"dequant+mm/{nc}"
                     errs[label] = rel_err(prefill(x, qk, qz, sc, scratch16, nc, mma), ref)
-                    cands[label] = median_us(lambda: prefill(x, qk, qz, sc, scratch16, nc, mma))
+                    cands[label] = graph_us([lambda c=c, nc=nc: prefill(x, c["qk"], c["qz"], c["sc"], scratch16, nc,
+                                                                        mma) for c in pre])
+                if gk is not None and torch.cuda.get_device_capability(dev) == (9, 0):
+                    y = torch.empty(m, n, dtype=torch.float16, device=dev)
+                    for cfg in GEMM_CFGS:  # the warpgroup-MMA GEMM
+                        label = f"gluon-gemm {cfg['block_m']}x{cfg['block_n']}/{cfg['stages']}"
+                        y.fill_(float("nan"))
+                        errs[label] = rel_err(gk.mma_gemm(x, qk, qz, sc, None, out=y, **cfg), ref)
+                        if errs[label] < 5e-3:
+                            cands[label] = graph_us([lambda c=c, cfg=cfg: gk.mma_gemm(x, c["qk"], c["qz"], c["sc"],
+                                                                                    None, out=y, **cfg) for c in pre])
+                        else:
+                            print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
             path = min(cands, key=cands.get)
             us = cands[path]
             io = (m * k + m * n) * 2
