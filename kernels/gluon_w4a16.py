@@ -384,12 +384,12 @@ def gemm_word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
 
 def gemm_config(m: int) -> dict:
     """Tiles for M rows, the best measured on the H100 (docs/benchmarks.md): one warpgroup on 64 weight
-    rows × 64 (M ≤ 64) or 128 tokens; past 1024 rows, two warpgroups on 128 × 256."""
+    rows × 64 (M ≤ 64) or 128 tokens (M ≤ 512); beyond, two warpgroups on 128 × 256."""
     if m <= 64:
         return dict(block_m=64, block_n=64, warps=4, stages=4)
-    if m <= 1024:
+    if m <= 512:
         return dict(block_m=128, block_n=64, warps=4, stages=3)
-    return dict(block_m=256, block_n=128, warps=8, stages=3)
+    return dict(block_m=256, block_n=128, warps=8, stages=2)
 
 
 @functools.cache
