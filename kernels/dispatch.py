@@ -5,9 +5,9 @@
 - CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``; for group 128 where
   Gluon is there, in the mma order): one row → ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor
   cores), as the settings say; 2..``decode_max_m`` rows → the Gluon kernel (mma order, fp16) or
-  ``gemv_dot``; up to ``gemm_max_m`` rows on sm_90 → the Gluon warpgroup-MMA GEMM (mma order,
-  fp16); more → dequantize to 16 bits (the whole layer, or ``prefill_chunk_n`` columns at a time
-  into a scratch that stays in L2) + cuBLAS.
+  ``gemv_dot``; more on sm_90 (up to ``gemm_max_m``) → the Gluon warpgroup-MMA GEMMs (mma
+  order, fp16; ``gluon_w4a16.prefill_gemm``); else → dequantize to 16 bits (the whole layer, or
+  ``prefill_chunk_n`` columns at a time into a scratch that stays in L2) + cuBLAS.
 - CUDA without Triton (some Jetson images): torch's int4 kernel ``_weight_int4pack_mm`` where the
   GPU (sm80+) and shape allow, else the reference.
 
@@ -67,7 +67,7 @@ class KernelSettings:
     mma_warps: int = 4
     mma_programs_per_sm: int = 3
     mma_stages: int = 0  # Gluon kernel: 0 = register pipeline, 2/4/8 = cp.async ring of that many slots
-    gemm_max_m: int = 1024  # rows up to which the Gluon GEMM (sm_90) serves prefill; 0: never
+    gemm_max_m: int = 1 << 30  # rows up to which the Gluon GEMMs (sm_90) serve prefill; 0: never
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -247,12 +247,11 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             return acc
     elif (mma and x2.dtype != torch.bfloat16 and m <= s.gemm_max_m
           and torch.cuda.get_device_capability(x2.device) == (9, 0)):
-        _announce("triton", f"up to {s.gemm_max_m} rows: the Gluon warpgroup-MMA GEMM on the mma order")
+        _announce("triton", "17+ rows: the Gluon warpgroup-MMA GEMMs on the mma order")
         xd = x2.to(torch.float16).contiguous()
         if xd.data_ptr() % 16:  # the TMA descriptor wants 16-byte aligned rows
             xd = xd.clone()
-        y = _gluon_module().mma_gemm(xd, qk, layer.qzeros, layer.scales, layer.bias,
-                                     **_gluon_module().gemm_config(m)).to(x2.dtype)
+        y = _gluon_module().prefill_gemm(xd, qk, layer.qzeros, layer.scales, layer.bias).to(x2.dtype)
     else:
         y = _prefill(tw, x2, qk, layer, s, scratch, mma)
     return y.reshape(*shape[:-1], n)

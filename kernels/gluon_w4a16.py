@@ -369,6 +369,110 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
     _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N, W)
 
 
+@gluon.jit
+def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                 HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+                 STAGES: gl.constexpr, WG: gl.constexpr):
+    """One warpgroup's HALF_N weight rows (half WG of the program's tile) × BLOCK_M tokens: the
+    span loop of ``_gemm_kernel`` with x from the producer's ring; each span's slot is released
+    (one arrival of two) once this warpgroup's MMAs on it are done."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_M, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
+    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
+    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
+    m_tiles = gl.cdiv(M, BLOCK_M)
+    pid = gl.program_id(0)
+    m0 = (pid % m_tiles) * BLOCK_M
+    n0 = (pid // m_tiles) * (2 * HALF_N) + WG * HALF_N
+    spans = K // SPAN
+    rows = gl.minimum(n0 + gl.arange(0, HALF_N, layout=n_l), N - 1)
+    offs_t = gl.arange(0, 4, layout=t_l)
+    offs_j = gl.arange(0, 2, layout=j_l)
+    tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
+    wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
+    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
+    magic = gl.full([HALF_N, 4, 2], 0x64006400, gl.int32, WORD_L)
+    zero3 = gl.zeros([HALF_N, 4, 2], gl.int32, WORD_L)
+    w0 = gl.load(qm_ptr + wofs, eviction_policy="evict_last")
+    w1 = gl.load(qm_ptr + wofs + 2, eviction_policy="evict_last")
+    zw = gl.load(qz_ptr + rows // 8)
+    s = gl.load(s_ptr + rows)
+    acc = gl.zeros([HALF_N, BLOCK_M], gl.float32, mma)
+    for sp in range(spans):
+        nx = gl.minimum(sp + 1, spans - 1)
+        w0_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8), eviction_policy="evict_last")
+        w1_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8) + 2, eviction_policy="evict_last")
+        zw_n = gl.load(qz_ptr + nx * (N // 8) + rows // 8)
+        s_n = gl.load(s_ptr + nx * N + rows)
+        a0 = _a_half(w0, zw, s, zsh, magic, zero3, HALF_N, a_l)
+        a1 = _a_half(w1, zw, s, zsh, magic, zero3, HALF_N, a_l)
+        slot = sp % STAGES
+        mbarrier.wait(ready.index(slot), (sp // STAGES) & 1)
+        acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])  # see _gemm_kernel: the A registers
+        mbarrier.arrive(empty.index(slot), count=1)
+        w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
+    _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)
+
+
+@gluon.jit
+def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    """One warp: x span by span into the ring, each slot refilled once both warpgroups released it."""
+    m0 = (gl.program_id(0) % gl.cdiv(M, BLOCK_M)) * BLOCK_M
+    for sp in range(K // SPAN):
+        slot = sp % STAGES
+        mbarrier.wait(empty.index(slot), ((sp // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(slot), 2 * x_desc.block_type.nbytes)
+        _tma_load(x_desc, [m0, sp * SPAN], ready.index(slot), x_smem.index(2 * slot))
+        _tma_load(x_desc, [m0, sp * SPAN + HALF], ready.index(slot), x_smem.index(2 * slot + 1))
+
+
+@gluon.jit
+def _ws_default(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+                STAGES: gl.constexpr):
+    _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym, HAS_BIAS,
+                 BLOCK_M, HALF_N, WORD_L, STAGES, 0)
+
+
+@gluon.jit
+def _ws_worker(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+               HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+               STAGES: gl.constexpr):
+    if gl.num_warps() == 1:
+        _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M, STAGES)
+    else:
+        _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym, HAS_BIAS,
+                     BLOCK_M, HALF_N, WORD_L, STAGES, 1)
+
+
+@gluon.jit
+def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                    HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+                    STAGES: gl.constexpr, REGS: gl.constexpr):
+    """``_gemm_kernel`` warp-specialized: a producer warp brings x by TMA; two consumer warpgroups,
+    each on half the weight rows, dequantize and multiply without waiting for each other, so one
+    dequantizes while the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers around the
+    slot refills kept them in step, dequantize and MMA taking turns)."""
+    x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    gl.warp_specialize([
+        (_ws_default, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                       HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
+        (_ws_worker, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                      HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
+        (_ws_worker, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                      HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
+    ], [4, 1], [REGS, 24])
+
+
 @functools.cache
 def gemm_word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
     """Register layout of the (BLOCK_N, t, 2) words of half a span: each warp holds 16 weight rows,
@@ -383,13 +487,21 @@ def gemm_word_layout(block_n: int, warps: int) -> gl.DistributedLinearLayout:
 
 
 def gemm_config(m: int) -> dict:
-    """Tiles for M rows, the best measured on the H100 (docs/benchmarks.md): one warpgroup on 64 weight
-    rows × 64 (M ≤ 64) or 128 tokens (M ≤ 512); beyond, two warpgroups on 128 × 256."""
+    """Tiles of ``mma_gemm`` for M rows, the best measured on the H100 (docs/benchmarks.md): one
+    warpgroup on 64 weight rows × 64 (M ≤ 64) or 128 tokens."""
     if m <= 64:
         return dict(block_m=64, block_n=64, warps=4, stages=4)
+    return dict(block_m=128, block_n=64, warps=4, stages=3)
+
+
+def prefill_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """x·W (+ bias) for 17+ rows on sm_90: ``mma_gemm`` up to 512 rows, the warp-specialized
+    ``mma_gemm_ws`` beyond (as measured on the H100, docs/benchmarks.md)."""
+    m = x.shape[0]
     if m <= 512:
-        return dict(block_m=128, block_n=64, warps=4, stages=3)
-    return dict(block_m=256, block_n=128, warps=8, stages=2)
+        return mma_gemm(x, qweight_m, qzeros, scales, bias, **gemm_config(m))
+    return mma_gemm_ws(x, qweight_m, qzeros, scales, bias)
 
 
 @functools.cache
@@ -418,16 +530,45 @@ def mma_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, sca
     return y
 
 
-def compile_gemm_for(capability: int = 90, block_m: int = 256, block_n: int = 128, warps: int = 8, stages: int = 3):
-    """Compile the prefill kernel for a GPU that need not be here (CI: sm_90)."""
+def mma_gemm_ws(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None, out: torch.Tensor | None = None, block_m: int = 256, stages: int = 2,
+                regs: int = 240, maxnreg: int = 168) -> torch.Tensor:
+    """``mma_gemm`` by the warp-specialized kernel: 128 weight rows × ``block_m`` tokens per program,
+    ``regs`` registers per consumer thread (the producer warp gets 24; ``maxnreg`` is the budget the
+    compiler shares out)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    m, k = x.shape
+    n = scales.shape[1]
+    assert k % 128 == 0 and x.dtype == torch.float16 and x.is_contiguous()
+    assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128
+    y = torch.empty(m, n, dtype=torch.float16, device=x.device) if out is None else out
+    assert y.shape == (m, n) and y.dtype == torch.float16 and y.stride(1) == 1
+    desc = TensorDescriptor.from_tensor(x, [block_m, 64], _x_layout())
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, 128),)
+    _gemm_ws_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
+                          y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, HALF_N=64,
+                          WORD_L=gemm_word_layout(64, 4), STAGES=stages, REGS=regs, num_warps=4, maxnreg=maxnreg)
+    return y
+
+
+def compile_gemm_for(capability: int = 90, block_m: int = 128, block_n: int = 64, warps: int = 4, stages: int = 3,
+                     ws: bool = False):
+    """Compile a prefill kernel for a GPU that need not be here (CI: sm_90): ``mma_gemm``'s with these
+    tiles, or (``ws``) ``mma_gemm_ws``'s with its defaults and ``block_m``/``stages``."""
     from triton.backends.compiler import GPUTarget
     lay = _x_layout()
+    signature = {"x_desc": f"tensordesc<fp16[{block_m},64],{lay!r}>", "qm_ptr": "*i32", "qz_ptr": "*i32",
+                 "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32",
+                 "k8": "i32", "stride_ym": "i32"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)}
+    if ws:
+        src = gluon._runtime.GluonASTSource(
+            fn=_gemm_ws_kernel, signature=signature, attrs=attrs,
+            constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "HALF_N": 64, "WORD_L": gemm_word_layout(64, 4),
+                        "STAGES": stages, "REGS": 240})
+        return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4, "maxnreg": 168})
     src = gluon._runtime.GluonASTSource(
-        fn=_gemm_kernel,
-        signature={"x_desc": f"tensordesc<fp16[{block_m},64],{lay!r}>", "qm_ptr": "*i32", "qz_ptr": "*i32",
-                   "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32",
-                   "k8": "i32", "stride_ym": "i32"},
+        fn=_gemm_kernel, signature=signature, attrs=attrs,
         constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "W": warps,
-                    "WORD_L": gemm_word_layout(block_n, warps), "STAGES": stages},
-        attrs={(i,): [["tt.divisibility", 16]] for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)})
+                    "WORD_L": gemm_word_layout(block_n, warps), "STAGES": stages})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})

@@ -226,7 +226,7 @@ def test_reused_scratch_across_shapes_and_calls():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="dispatch picks Triton on CUDA only (CPU case below)")
-@pytest.mark.parametrize("m", [1, 2, 16, 17, 40, 300])
+@pytest.mark.parametrize("m", [1, 2, 16, 17, 40, 300, 600])
 def test_dispatch_on_gpu(m):
     lin = _layer(512, 200, 128, m, bias=True)
     x = _x(m, 512, torch.float16, m + 1)
@@ -268,33 +268,43 @@ def test_gluon_rows_kernel_on_gpu(m, k, n):
                     reason="the warpgroup-MMA GEMM runs on Hopper only (compile test below)")
 @pytest.mark.parametrize("m,k,n", [(300, 512, 200), (17, 256, 136), (1000, 1024, 520)])
 def test_gluon_gemm_on_gpu(m, k, n):
-    """The prefill GEMM: M and N not multiples of the tiles, bias, both tile configurations; every
-    element of the poisoned output written."""
+    """The prefill GEMMs: M and N not multiples of the tiles, bias, every tile configuration and the
+    warp-specialized kernel; every element of the poisoned output written."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     lin = _layer(k, n, 128, 700 + m, bias=True)
     x = _x(m, k, torch.float16, 701 + m)
     ref = _ref(x, lin)
     qm = to_mma(lin.qweight)
-    for cfg in (gk.gemm_config(1), gk.gemm_config(1024), gk.gemm_config(2048)):
+    calls = {"64x64": lambda out: gk.mma_gemm(x, qm, lin.qzeros, lin.scales, lin.bias, out=out, **gk.gemm_config(1)),
+             "128x64": lambda out: gk.mma_gemm(x, qm, lin.qzeros, lin.scales, lin.bias, out=out,
+                                               **gk.gemm_config(512)),
+             "256x128 two warpgroups": lambda out: gk.mma_gemm(x, qm, lin.qzeros, lin.scales, lin.bias, out=out,
+                                                               block_m=256, block_n=128, warps=8, stages=2),
+             "warp-specialized": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias, out=out),
+             "warp-specialized 128/4": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias, out=out,
+                                                                  block_m=128, stages=4, regs=200)}
+    for cfg, call in calls.items():
         out = torch.full((m, n), float("nan"), dtype=torch.float16, device=DEVICE)
-        gk.mma_gemm(x, qm, lin.qzeros, lin.scales, lin.bias, out=out, **cfg)
+        call(out)
         assert not out.isnan().any(), cfg
         assert _rel(out, ref) < 1e-3, cfg
         col_err = (out.double() - ref).abs().amax(0) / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
 
 
-@pytest.mark.parametrize("m", [32, 512, 2048])
-def test_gluon_gemm_compiles_for_hopper(m):
+@pytest.mark.parametrize("kind", ["64x64", "128x64", "warp-specialized"])
+def test_gluon_gemm_compiles_for_hopper(kind):
     """Compiled here for sm_90, no GPU needed: x by TMA, the weights by 8-byte loads straight into
     the warpgroup MMA's A operand (``assert_trivial``), one MMA per 16 k of each warpgroup."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
-    cfg = gk.gemm_config(m)
-    ptx = gk.compile_gemm_for(90, **cfg).asm["ptx"]
+    kw = {"64x64": gk.gemm_config(1), "128x64": gk.gemm_config(512), "warp-specialized": dict(block_m=256, stages=2,
+                                                                                             ws=True)}[kind]
+    ptx = gk.compile_gemm_for(90, **kw).asm["ptx"]
     assert ptx.count("cp.async.bulk.tensor.2d") >= 2
     assert ptx.count("ld.global.L1::evict_last.L2::cache_hint.v2.b32") >= 2
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n") >= 8
-    assert "shfl" not in ptx
+    # no shuffles of data; the warp-specialized kernel reads its partition's warp id by one shfl
+    assert ptx.count("shfl") == (1 if kind == "warp-specialized" else 0)
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])

@@ -63,6 +63,7 @@ PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) f
               for w in (1, 2)]
 GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st in
              ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
+WS_CFGS = [dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200)]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
@@ -333,6 +334,15 @@ def main() -> None:
                         if errs[label] < 5e-3:
                             cands[label] = graph_us([lambda c=c, cfg=cfg: gk.mma_gemm(x, c["qk"], c["qz"], c["sc"],
                                                                                     None, out=y, **cfg) for c in pre])
+                        else:
+                            print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
+                    for cfg in WS_CFGS:  # the warp-specialized GEMM
+                        label = f"gluon-ws {cfg['block_m']}x128/{cfg['stages']}"
+                        y.fill_(float("nan"))
+                        errs[label] = rel_err(gk.mma_gemm_ws(x, qk, qz, sc, None, out=y, **cfg), ref)
+                        if errs[label] < 5e-3:
+                            cands[label] = graph_us([lambda c=c, cfg=cfg: gk.mma_gemm_ws(
+                                x, c["qk"], c["qz"], c["sc"], None, out=y, **cfg) for c in pre])
                         else:
                             print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
             path = min(cands, key=cands.get)
