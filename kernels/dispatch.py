@@ -67,7 +67,8 @@ class KernelSettings:
     mma_warps: int = 4
     mma_programs_per_sm: int = 3
     mma_stages: int = 0  # Gluon kernel: 0 = register pipeline, 2/4/8 = cp.async ring of that many slots
-    gemm_max_m: int = 1 << 30  # rows up to which the Gluon GEMMs (sm_90) serve prefill; 0: never
+    gemm_max_m: int = 1536  # rows up to which the Gluon GEMMs (sm_90) serve prefill (at 2048 rows dequantize
+    # + cuBLAS measured faster on 5 of 6 shapes); 0: never
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -247,7 +248,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             return acc
     elif (mma and x2.dtype != torch.bfloat16 and m <= s.gemm_max_m
           and torch.cuda.get_device_capability(x2.device) == (9, 0)):
-        _announce("triton", "17+ rows: the Gluon warpgroup-MMA GEMMs on the mma order")
+        _announce("triton", f"17-{s.gemm_max_m} rows: the Gluon warpgroup-MMA GEMMs on the mma order")
         xd = x2.to(torch.float16).contiguous()
         if xd.data_ptr() % 16:  # the TMA descriptor wants 16-byte aligned rows
             xd = xd.clone()
