@@ -372,10 +372,10 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
 @gluon.jit
 def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                 STAGES: gl.constexpr, WG: gl.constexpr):
-    """One warpgroup's HALF_N weight rows (half WG of the program's tile) × BLOCK_M tokens: the
-    span loop of ``_gemm_kernel`` with x from the producer's ring; each span's slot is released
-    (one arrival of two) once this warpgroup's MMAs on it are done."""
+                 STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr):
+    """Warpgroup WG's HALF_N weight rows of the program's tile × BLOCK_M tokens: the span loop of
+    ``_gemm_kernel`` with x from the producer's ring; each span's slot is released (one arrival
+    of CONSUMERS) once this warpgroup's MMAs on it are done."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -385,7 +385,7 @@ def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N
     m_tiles = gl.cdiv(M, BLOCK_M)
     pid = gl.program_id(0)
     m0 = (pid % m_tiles) * BLOCK_M
-    n0 = (pid // m_tiles) * (2 * HALF_N) + WG * HALF_N
+    n0 = (pid // m_tiles) * (CONSUMERS * HALF_N) + WG * HALF_N
     spans = K // SPAN
     rows = gl.minimum(n0 + gl.arange(0, HALF_N, layout=n_l), N - 1)
     offs_t = gl.arange(0, 4, layout=t_l)
@@ -420,7 +420,7 @@ def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N
 
 @gluon.jit
 def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: x span by span into the ring, each slot refilled once both warpgroups released it."""
+    """One warp: x span by span into the ring, each slot refilled once every consumer released it."""
     m0 = (gl.program_id(0) % gl.cdiv(M, BLOCK_M)) * BLOCK_M
     for sp in range(K // SPAN):
         slot = sp % STAGES
@@ -431,22 +431,15 @@ def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAG
 
 
 @gluon.jit
-def _ws_default(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                STAGES: gl.constexpr):
-    _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym, HAS_BIAS,
-                 BLOCK_M, HALF_N, WORD_L, STAGES, 0)
-
-
-@gluon.jit
-def _ws_worker(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-               HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-               STAGES: gl.constexpr):
-    if gl.num_warps() == 1:
+def _ws_partition(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+                  STAGES: gl.constexpr, CONSUMERS: gl.constexpr, ROLE: gl.constexpr):
+    """ROLE ≥ 0: consumer warpgroup ROLE; −1: the producer warp."""
+    if ROLE < 0:
         _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M, STAGES)
     else:
         _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym, HAS_BIAS,
-                     BLOCK_M, HALF_N, WORD_L, STAGES, 1)
+                     BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, ROLE)
 
 
 @gluon.jit
@@ -454,22 +447,24 @@ def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
                     HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
                     STAGES: gl.constexpr, REGS: gl.constexpr):
     """``_gemm_kernel`` warp-specialized: a producer warp brings x by TMA; two consumer warpgroups,
-    each on half the weight rows, dequantize and multiply without waiting for each other, so one
-    dequantizes while the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers around the
-    slot refills kept them in step, dequantize and MMA taking turns)."""
+    each on HALF_N of the program's weight rows, dequantize and multiply without waiting for each
+    other, so one dequantizes while the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers
+    around the slot refills kept them in step, dequantize and MMA taking turns). Three consumers
+    of 128 tokens did worse at 1024–2048 rows (docs/kernel-notes.md, 30)."""
+    CONSUMERS: gl.constexpr = 2
     x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+        mbarrier.init(empty.index(i), count=CONSUMERS)  # one arrival per consumer warpgroup
     gl.warp_specialize([
-        (_ws_default, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                       HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
-        (_ws_worker, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                      HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
-        (_ws_worker, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                      HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 0)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 1)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, -1)),
     ], [4, 1], [REGS, 24])
 
 
