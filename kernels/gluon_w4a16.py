@@ -299,6 +299,39 @@ def _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS: gl.cons
 
 
 @gluon.jit
+def _gemm_rows(n0, N, k8, BLOCK_N: gl.constexpr, WORD_L: gl.constexpr):
+    """The tile's weight rows (past N: row N − 1, never stored, so loads need no mask), their word
+    offsets in span 0 (words 4t, 4t + 1: half a span's fragment, one 8-byte load), the zero points'
+    nibble shifts, and the constants ``_codes`` takes."""
+    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
+    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
+    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
+    rows = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=n_l), N - 1)
+    tj = (gl.arange(0, 4, layout=t_l) * 4)[None, :, None] + gl.arange(0, 2, layout=j_l)[None, None, :]
+    wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
+    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
+    magic = gl.full([BLOCK_N, 4, 2], 0x64006400, gl.int32, WORD_L)
+    zero3 = gl.zeros([BLOCK_N, 4, 2], gl.int32, WORD_L)
+    return rows, wofs, zsh, magic, zero3
+
+
+@gluon.jit
+def _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, sp):
+    """Span sp of the tile's rows: both halves' words, packed zero points and scales."""
+    w0 = gl.load(qm_ptr + wofs + sp * (SPAN // 8), eviction_policy="evict_last")
+    w1 = gl.load(qm_ptr + wofs + sp * (SPAN // 8) + 2, eviction_policy="evict_last")
+    return w0, w1, gl.load(qz_ptr + sp * (N // 8) + rows // 8), gl.load(s_ptr + sp * N + rows)
+
+
+@gluon.jit
+def _load_x_span(x_desc, bar, x_smem, slot, m0, sp):
+    """Span sp of x (two 64-k boxes) into ring slot ``slot``, signalling ``bar``."""
+    mbarrier.expect(bar, 2 * x_desc.block_type.nbytes)
+    _tma_load(x_desc, [m0, sp * SPAN], bar, x_smem.index(2 * slot))
+    _tma_load(x_desc, [m0, sp * SPAN + HALF], bar, x_smem.index(2 * slot + 1))
+
+
+@gluon.jit
 def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
                  WORD_L: gl.constexpr, STAGES: gl.constexpr):
@@ -308,22 +341,12 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
-    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
-    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
     m_tiles = gl.cdiv(M, BLOCK_M)
     pid = gl.program_id(0)
     m0 = (pid % m_tiles) * BLOCK_M  # consecutive programs share a weight tile: it is read from HBM once
     n0 = (pid // m_tiles) * BLOCK_N
     spans = K // SPAN
-    rows = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=n_l), N - 1)  # past N: row N − 1, never stored
-    offs_t = gl.arange(0, 4, layout=t_l)
-    offs_j = gl.arange(0, 2, layout=j_l)
-    tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
-    wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
-    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
-    magic = gl.full([BLOCK_N, 4, 2], 0x64006400, gl.int32, WORD_L)
-    zero3 = gl.zeros([BLOCK_N, 4, 2], gl.int32, WORD_L)
+    rows, wofs, zsh, magic, zero3 = _gemm_rows(n0, N, k8, BLOCK_N, WORD_L)
 
     x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -331,21 +354,13 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(STAGES):  # prologue: the first STAGES spans of x in flight
         if i < spans:
-            mbarrier.expect(bars.index(i), 2 * x_desc.block_type.nbytes)
-            _tma_load(x_desc, [m0, i * SPAN], bars.index(i), x_smem.index(2 * i))
-            _tma_load(x_desc, [m0, i * SPAN + HALF], bars.index(i), x_smem.index(2 * i + 1))
+            _load_x_span(x_desc, bars.index(i), x_smem, i, m0, i)
 
-    w0 = gl.load(qm_ptr + wofs, eviction_policy="evict_last")
-    w1 = gl.load(qm_ptr + wofs + 2, eviction_policy="evict_last")
-    zw = gl.load(qz_ptr + rows // 8)
-    s = gl.load(s_ptr + rows)
+    w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
     acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
     for sp in range(spans):
-        nx = gl.minimum(sp + 1, spans - 1)  # the next span's words, zeros and scales, loaded ahead
-        w0_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8), eviction_policy="evict_last")
-        w1_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8) + 2, eviction_policy="evict_last")
-        zw_n = gl.load(qz_ptr + nx * (N // 8) + rows // 8)
-        s_n = gl.load(s_ptr + nx * N + rows)
+        # the next span's words, zeros and scales, loaded ahead
+        w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
         a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
         a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
         slot = sp % STAGES
@@ -357,11 +372,8 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
         # H100 with the wait one span later). The tensor cores stay busy with the other warpgroup's
         # and the other programs' MMAs meanwhile. Then the slot takes the span STAGES ahead.
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-        ahead = sp + STAGES
-        if ahead < spans:
-            mbarrier.expect(bars.index(slot), 2 * x_desc.block_type.nbytes)
-            _tma_load(x_desc, [m0, ahead * SPAN], bars.index(slot), x_smem.index(2 * slot))
-            _tma_load(x_desc, [m0, ahead * SPAN + HALF], bars.index(slot), x_smem.index(2 * slot + 1))
+        if sp + STAGES < spans:
+            _load_x_span(x_desc, bars.index(slot), x_smem, slot, m0, sp + STAGES)
         w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
@@ -379,33 +391,16 @@ def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
-    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
-    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
     m_tiles = gl.cdiv(M, BLOCK_M)
     pid = gl.program_id(0)
     m0 = (pid % m_tiles) * BLOCK_M
     n0 = (pid // m_tiles) * (CONSUMERS * HALF_N) + WG * HALF_N
     spans = K // SPAN
-    rows = gl.minimum(n0 + gl.arange(0, HALF_N, layout=n_l), N - 1)
-    offs_t = gl.arange(0, 4, layout=t_l)
-    offs_j = gl.arange(0, 2, layout=j_l)
-    tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
-    wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
-    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
-    magic = gl.full([HALF_N, 4, 2], 0x64006400, gl.int32, WORD_L)
-    zero3 = gl.zeros([HALF_N, 4, 2], gl.int32, WORD_L)
-    w0 = gl.load(qm_ptr + wofs, eviction_policy="evict_last")
-    w1 = gl.load(qm_ptr + wofs + 2, eviction_policy="evict_last")
-    zw = gl.load(qz_ptr + rows // 8)
-    s = gl.load(s_ptr + rows)
+    rows, wofs, zsh, magic, zero3 = _gemm_rows(n0, N, k8, HALF_N, WORD_L)
+    w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
     acc = gl.zeros([HALF_N, BLOCK_M], gl.float32, mma)
     for sp in range(spans):
-        nx = gl.minimum(sp + 1, spans - 1)
-        w0_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8), eviction_policy="evict_last")
-        w1_n = gl.load(qm_ptr + wofs + nx * (SPAN // 8) + 2, eviction_policy="evict_last")
-        zw_n = gl.load(qz_ptr + nx * (N // 8) + rows // 8)
-        s_n = gl.load(s_ptr + nx * N + rows)
+        w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
         a0 = _a_half(w0, zw, s, zsh, magic, zero3, HALF_N, a_l)
         a1 = _a_half(w1, zw, s, zsh, magic, zero3, HALF_N, a_l)
         slot = sp % STAGES
@@ -425,9 +420,7 @@ def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAG
     for sp in range(K // SPAN):
         slot = sp % STAGES
         mbarrier.wait(empty.index(slot), ((sp // STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(slot), 2 * x_desc.block_type.nbytes)
-        _tma_load(x_desc, [m0, sp * SPAN], ready.index(slot), x_smem.index(2 * slot))
-        _tma_load(x_desc, [m0, sp * SPAN + HALF], ready.index(slot), x_smem.index(2 * slot + 1))
+        _load_x_span(x_desc, ready.index(slot), x_smem, slot, m0, sp)
 
 
 @gluon.jit
