@@ -332,6 +332,22 @@ def _load_x_span(x_desc, bar, x_smem, slot, m0, sp):
 
 
 @gluon.jit
+def _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready, slot, phase, BLOCK_N: gl.constexpr,
+              a_l: gl.constexpr):
+    """One span: its A operands from the words in registers, x's slot awaited, the two MMAs issued and
+    waited for. They must be waited for before the next span's operands are made: the MMAs read the A
+    registers after they are issued, and the compiler would reuse them (wrong results on the H100
+    with the wait one span later). The tensor cores stay busy with the other warpgroup's and the other
+    programs' MMAs meanwhile."""
+    a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
+    a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
+    mbarrier.wait(ready, phase)
+    acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+    return warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+
+
+@gluon.jit
 def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
                  WORD_L: gl.constexpr, STAGES: gl.constexpr):
@@ -361,18 +377,10 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
     for sp in range(spans):
         # the next span's words, zeros and scales, loaded ahead
         w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
-        a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
-        a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
         slot = sp % STAGES
-        mbarrier.wait(bars.index(slot), (sp // STAGES) & 1)
-        acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
-        # Wait for this span's MMAs before the next span's operands are made: the MMAs read the A
-        # registers after they are issued, and the compiler would reuse them (wrong results on the
-        # H100 with the wait one span later). The tensor cores stay busy with the other warpgroup's
-        # and the other programs' MMAs meanwhile. Then the slot takes the span STAGES ahead.
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-        if sp + STAGES < spans:
+        acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, bars.index(slot), slot, (sp // STAGES) & 1,
+                        BLOCK_N, a_l)
+        if sp + STAGES < spans:  # the slot's MMAs are done: it takes the span STAGES ahead
             _load_x_span(x_desc, bars.index(slot), x_smem, slot, m0, sp + STAGES)
         w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
     for i in gl.static_range(STAGES):
@@ -401,13 +409,9 @@ def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N
     acc = gl.zeros([HALF_N, BLOCK_M], gl.float32, mma)
     for sp in range(spans):
         w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
-        a0 = _a_half(w0, zw, s, zsh, magic, zero3, HALF_N, a_l)
-        a1 = _a_half(w1, zw, s, zsh, magic, zero3, HALF_N, a_l)
         slot = sp % STAGES
-        mbarrier.wait(ready.index(slot), (sp // STAGES) & 1)
-        acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])  # see _gemm_kernel: the A registers
+        acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot, (sp // STAGES) & 1,
+                        HALF_N, a_l)
         mbarrier.arrive(empty.index(slot), count=1)
         w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
     _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)
@@ -498,19 +502,26 @@ def _x_layout() -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
 
 
+def _gemm_args(x: torch.Tensor, qweight_m: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None,
+               block_m: int):
+    """Checks shared by both GEMMs; returns (M, N, K, the output, x's TMA descriptor)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    m, k = x.shape
+    n = scales.shape[1]
+    assert k % 128 == 0 and x.dtype == torch.float16 and x.is_contiguous()
+    assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128
+    y = torch.empty(m, n, dtype=torch.float16, device=x.device) if out is None else out
+    assert y.shape == (m, n) and y.dtype == torch.float16 and y.stride(1) == 1
+    return m, n, k, y, TensorDescriptor.from_tensor(x, [block_m, 64], _x_layout())
+
+
 def mma_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor | None = None, block_m: int = 256,
              block_n: int = 128, warps: int = 8, stages: int = 3) -> torch.Tensor:
     """x (M, K) fp16 → x·W (+ bias) in fp16 (M, N), into ``out`` if given; group 128, ``qweight_m``
     in the mma order."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    m, k = x.shape
-    n = scales.shape[1]
-    assert k % 128 == 0 and x.dtype == torch.float16 and x.is_contiguous()
-    assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128 and block_n % (16 * warps) == 0
-    y = torch.empty(m, n, dtype=torch.float16, device=x.device) if out is None else out
-    assert y.shape == (m, n) and y.dtype == torch.float16 and y.stride(1) == 1
-    desc = TensorDescriptor.from_tensor(x, [block_m, 64], _x_layout())
+    assert block_n % (16 * warps) == 0
+    m, n, k, y, desc = _gemm_args(x, qweight_m, scales, out, block_m)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _gemm_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
                        y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, W=warps,
@@ -524,14 +535,7 @@ def mma_gemm_ws(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, 
     """``mma_gemm`` by the warp-specialized kernel: 128 weight rows × ``block_m`` tokens per program,
     ``regs`` registers per consumer thread (the producer warp gets 24; ``maxnreg`` is the budget the
     compiler shares out)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    m, k = x.shape
-    n = scales.shape[1]
-    assert k % 128 == 0 and x.dtype == torch.float16 and x.is_contiguous()
-    assert qweight_m.shape == (n, k // 8) and scales.shape[0] == k // 128
-    y = torch.empty(m, n, dtype=torch.float16, device=x.device) if out is None else out
-    assert y.shape == (m, n) and y.dtype == torch.float16 and y.stride(1) == 1
-    desc = TensorDescriptor.from_tensor(x, [block_m, 64], _x_layout())
+    m, n, k, y, desc = _gemm_args(x, qweight_m, scales, out, block_m)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, 128),)
     _gemm_ws_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
                           y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, HALF_N=64,

@@ -327,21 +327,14 @@ def main() -> None:
                                                                         mma) for c in pre])
                 if gk is not None and torch.cuda.get_device_capability(dev) == (9, 0):
                     y = torch.empty(m, n, dtype=torch.float16, device=dev)
-                    for cfg in GEMM_CFGS:  # the warpgroup-MMA GEMM
-                        label = f"gluon-gemm {cfg['block_m']}x{cfg['block_n']}/{cfg['stages']}"
+                    gemms = [(f"gluon-gemm {c['block_m']}x{c['block_n']}/{c['stages']}", gk.mma_gemm, c)
+                             for c in GEMM_CFGS]  # the warpgroup-MMA GEMM, then the warp-specialized one
+                    gemms += [(f"gluon-ws {c['block_m']}x128/{c['stages']}", gk.mma_gemm_ws, c) for c in WS_CFGS]
+                    for label, gemm, cfg in gemms:
                         y.fill_(float("nan"))
-                        errs[label] = rel_err(gk.mma_gemm(x, qk, qz, sc, None, out=y, **cfg), ref)
+                        errs[label] = rel_err(gemm(x, qk, qz, sc, None, out=y, **cfg), ref)
                         if errs[label] < 5e-3:
-                            cands[label] = graph_us([lambda c=c, cfg=cfg: gk.mma_gemm(x, c["qk"], c["qz"], c["sc"],
-                                                                                    None, out=y, **cfg) for c in pre])
-                        else:
-                            print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
-                    for cfg in WS_CFGS:  # the warp-specialized GEMM
-                        label = f"gluon-ws {cfg['block_m']}x128/{cfg['stages']}"
-                        y.fill_(float("nan"))
-                        errs[label] = rel_err(gk.mma_gemm_ws(x, qk, qz, sc, None, out=y, **cfg), ref)
-                        if errs[label] < 5e-3:
-                            cands[label] = graph_us([lambda c=c, cfg=cfg: gk.mma_gemm_ws(
+                            cands[label] = graph_us([lambda c=c, gemm=gemm, cfg=cfg: gemm(
                                 x, c["qk"], c["qz"], c["sc"], None, out=y, **cfg) for c in pre])
                         else:
                             print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
