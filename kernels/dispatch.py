@@ -67,8 +67,8 @@ class KernelSettings:
     mma_warps: int = 4
     mma_programs_per_sm: int = 3
     mma_stages: int = 0  # Gluon kernel: 0 = register pipeline, 2/4/8 = cp.async ring of that many slots
-    gemm_max_m: int = 1536  # rows up to which the Gluon GEMMs (sm_90) serve prefill (at 2048 rows dequantize
-    # + cuBLAS measured faster on 5 of 6 shapes); 0: never
+    gemm_max_m: int = 2048  # rows up to which the Gluon GEMMs (sm_90) serve prefill (at 4096 rows dequantize
+    # + cuBLAS measured faster); 0: never
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

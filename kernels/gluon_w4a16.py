@@ -333,17 +333,23 @@ def _load_x_span(x_desc, bar, x_smem, slot, m0, sp):
 
 @gluon.jit
 def _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready, slot, phase, BLOCK_N: gl.constexpr,
-              a_l: gl.constexpr):
+              a_l: gl.constexpr, turn=None, turn_phase=0, wait_turn=False, pass_turn=None):
     """One span: its A operands from the words in registers, x's slot awaited, the two MMAs issued and
     waited for. They must be waited for before the next span's operands are made: the MMAs read the A
     registers after they are issued, and the compiler would reuse them (wrong results on the H100
     with the wait one span later). The tensor cores stay busy with the other warpgroup's and the other
-    programs' MMAs meanwhile."""
+    programs' MMAs meanwhile. ``turn``/``pass_turn`` (warp-specialized kernel): the MMAs are issued
+    only once the other consumer has issued its own for the span before, and this consumer's issue
+    passes the turn back, so the two alternate on the tensor cores instead of sharing them."""
     a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
     a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
     mbarrier.wait(ready, phase)
+    if turn is not None:
+        mbarrier.wait(turn, turn_phase, pred=wait_turn)
     acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+    if pass_turn is not None:
+        mbarrier.arrive(pass_turn, count=1)
     return warpgroup_mma_wait(num_outstanding=0, deps=[acc])
 
 
@@ -390,9 +396,9 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
 
 
 @gluon.jit
-def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                 STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr):
+                 STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
     """Warpgroup WG's HALF_N weight rows of the program's tile × BLOCK_M tokens: the span loop of
     ``_gemm_kernel`` with x from the producer's ring; each span's slot is released (one arrival
     of CONSUMERS) once this warpgroup's MMAs on it are done."""
@@ -410,8 +416,13 @@ def _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N
     for sp in range(spans):
         w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
         slot = sp % STAGES
-        acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot, (sp // STAGES) & 1,
-                        HALF_N, a_l)
+        if PINGPONG:
+            acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot,
+                            (sp // STAGES) & 1, HALF_N, a_l, turn.index(WG), (sp - 1 + WG) & 1, sp + WG >= 1,
+                            turn.index(1 - WG))
+        else:
+            acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot,
+                            (sp // STAGES) & 1, HALF_N, a_l)
         mbarrier.arrive(empty.index(slot), count=1)
         w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
     _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)
@@ -428,21 +439,22 @@ def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAG
 
 
 @gluon.jit
-def _ws_partition(x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                  STAGES: gl.constexpr, CONSUMERS: gl.constexpr, ROLE: gl.constexpr):
+def _ws_partition(x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
+                  stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr,
+                  WORD_L: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr, ROLE: gl.constexpr,
+                  PINGPONG: gl.constexpr):
     """ROLE ≥ 0: consumer warpgroup ROLE; −1: the producer warp."""
     if ROLE < 0:
         _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M, STAGES)
     else:
-        _ws_consumer(x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym, HAS_BIAS,
-                     BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, ROLE)
+        _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+                     HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, ROLE, PINGPONG)
 
 
 @gluon.jit
 def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                     HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                    STAGES: gl.constexpr, REGS: gl.constexpr):
+                    STAGES: gl.constexpr, REGS: gl.constexpr, PINGPONG: gl.constexpr):
     """``_gemm_kernel`` warp-specialized: a producer warp brings x by TMA; two consumer warpgroups,
     each on HALF_N of the program's weight rows, dequantize and multiply without waiting for each
     other, so one dequantizes while the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers
@@ -452,16 +464,19 @@ def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(CONSUMERS):
+        mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=CONSUMERS)  # one arrival per consumer warpgroup
     gl.warp_specialize([
-        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 0)),
-        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 1)),
-        (_ws_partition, (x_desc, x_smem, ready, empty, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                         HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, -1)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
+                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 0, PINGPONG)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
+                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 1, PINGPONG)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
+                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, -1, PINGPONG)),
     ], [4, 1], [REGS, 24])
 
 
@@ -488,12 +503,18 @@ def gemm_config(m: int) -> dict:
 
 def prefill_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
-    """x·W (+ bias) for 17+ rows on sm_90: ``mma_gemm`` up to 512 rows, the warp-specialized
-    ``mma_gemm_ws`` beyond (as measured on the H100, docs/benchmarks.md)."""
-    m = x.shape[0]
-    if m <= 512:
-        return mma_gemm(x, qweight_m, qzeros, scales, bias, **gemm_config(m))
-    return mma_gemm_ws(x, qweight_m, qzeros, scales, bias)
+    """x·W (+ bias) for 17+ rows on sm_90: the warp-specialized ``mma_gemm_ws`` on tiles of 256
+    tokens, or of 128, when that still makes programs for most of the SMs (70 %), else ``mma_gemm``'s
+    smaller tiles — the best of them at 128–2048 rows on Llama-7B/8B shapes (H100,
+    docs/benchmarks.md)."""
+    m, n = x.shape[0], scales.shape[1]
+    enough = 0.7 * torch.cuda.get_device_properties(x.device).multi_processor_count
+    row_tiles = triton.cdiv(n, 128)
+    if m >= 256 and triton.cdiv(m, 256) * row_tiles >= enough:
+        return mma_gemm_ws(x, qweight_m, qzeros, scales, bias)
+    if triton.cdiv(m, 128) * row_tiles >= enough:
+        return mma_gemm_ws(x, qweight_m, qzeros, scales, bias, block_m=128, stages=4, regs=200)
+    return mma_gemm(x, qweight_m, qzeros, scales, bias, **gemm_config(m))
 
 
 @functools.cache
@@ -531,20 +552,21 @@ def mma_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, sca
 
 def mma_gemm_ws(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor | None = None, block_m: int = 256, stages: int = 2,
-                regs: int = 240, maxnreg: int = 168) -> torch.Tensor:
+                regs: int = 240, maxnreg: int = 168, pingpong: bool = True) -> torch.Tensor:
     """``mma_gemm`` by the warp-specialized kernel: 128 weight rows × ``block_m`` tokens per program,
     ``regs`` registers per consumer thread (the producer warp gets 24; ``maxnreg`` is the budget the
-    compiler shares out)."""
+    compiler shares out); ``pingpong``: the two consumers take turns on the tensor cores (``_span_mma``)."""
     m, n, k, y, desc = _gemm_args(x, qweight_m, scales, out, block_m)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, 128),)
     _gemm_ws_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
                           y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, HALF_N=64,
-                          WORD_L=gemm_word_layout(64, 4), STAGES=stages, REGS=regs, num_warps=4, maxnreg=maxnreg)
+                          WORD_L=gemm_word_layout(64, 4), STAGES=stages, REGS=regs, PINGPONG=pingpong, num_warps=4,
+                          maxnreg=maxnreg)
     return y
 
 
 def compile_gemm_for(capability: int = 90, block_m: int = 128, block_n: int = 64, warps: int = 4, stages: int = 3,
-                     ws: bool = False):
+                     ws: bool = False, pingpong: bool = True):
     """Compile a prefill kernel for a GPU that need not be here (CI: sm_90): ``mma_gemm``'s with these
     tiles, or (``ws``) ``mma_gemm_ws``'s with its defaults and ``block_m``/``stages``."""
     from triton.backends.compiler import GPUTarget
@@ -557,7 +579,7 @@ def compile_gemm_for(capability: int = 90, block_m: int = 128, block_n: int = 64
         src = gluon._runtime.GluonASTSource(
             fn=_gemm_ws_kernel, signature=signature, attrs=attrs,
             constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "HALF_N": 64, "WORD_L": gemm_word_layout(64, 4),
-                        "STAGES": stages, "REGS": 240})
+                        "STAGES": stages, "REGS": 240, "PINGPONG": pingpong})
         return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4, "maxnreg": 168})
     src = gluon._runtime.GluonASTSource(
         fn=_gemm_kernel, signature=signature, attrs=attrs,

@@ -282,7 +282,9 @@ def test_gluon_gemm_on_gpu(m, k, n):
                                                                block_m=256, block_n=128, warps=8, stages=2),
              "warp-specialized": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias, out=out),
              "warp-specialized 128/4": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias, out=out,
-                                                                  block_m=128, stages=4, regs=200)}
+                                                                  block_m=128, stages=4, regs=200),
+             "warp-specialized, no ping-pong": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias,
+                                                                          out=out, pingpong=False)}
     for cfg, call in calls.items():
         out = torch.full((m, n), float("nan"), dtype=torch.float16, device=DEVICE)
         call(out)
@@ -290,6 +292,20 @@ def test_gluon_gemm_on_gpu(m, k, n):
         assert _rel(out, ref) < 1e-3, cfg
         col_err = (out.double() - ref).abs().amax(0) / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warpgroup-MMA GEMMs run on Hopper only")
+@pytest.mark.parametrize("m", [40, 200, 300])
+def test_prefill_gemm_on_a_wide_layer(m):
+    """``prefill_gemm`` on a layer wide enough (100 row tiles) that 40 rows take ``mma_gemm``, 200 the
+    warp-specialized kernel on 128-token tiles and 300 on 256-token tiles (on a 132-SM H100)."""
+    gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    lin = _layer(256, 12800, 128, 900 + m, bias=True)
+    x = _x(m, 256, torch.float16, 901 + m)
+    out = gk.prefill_gemm(x, to_mma(lin.qweight), lin.qzeros, lin.scales, lin.bias)
+    ref = _ref(x, lin)
+    assert not out.isnan().any() and _rel(out, ref) < 1e-3
 
 
 @pytest.mark.parametrize("kind", ["64x64", "128x64", "warp-specialized"])
@@ -305,6 +321,9 @@ def test_gluon_gemm_compiles_for_hopper(kind):
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n") >= 8
     # no shuffles of data; the warp-specialized kernel reads its partition's warp id by one shfl
     assert ptx.count("shfl") == (1 if kind == "warp-specialized" else 0)
+    if kind == "warp-specialized":  # x's ready/empty waits, and the consumers' turn waits of the ping-pong
+        nopp = gk.compile_gemm_for(90, **kw, pingpong=False).asm["ptx"]
+        assert ptx.count("mbarrier.try_wait") == nopp.count("mbarrier.try_wait") + 2
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])
