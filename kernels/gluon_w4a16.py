@@ -456,10 +456,13 @@ def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
                     HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
                     STAGES: gl.constexpr, REGS: gl.constexpr, PINGPONG: gl.constexpr):
     """``_gemm_kernel`` warp-specialized: a producer warp brings x by TMA; two consumer warpgroups,
-    each on HALF_N of the program's weight rows, dequantize and multiply without waiting for each
-    other, so one dequantizes while the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers
-    around the slot refills kept them in step, dequantize and MMA taking turns). Three consumers
-    of 128 tokens did worse at 1024–2048 rows (docs/kernel-notes.md, 30)."""
+    each on HALF_N of the program's weight rows, dequantize and multiply, so one dequantizes while
+    the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers around the slot refills kept
+    them in step, dequantize and MMA taking turns). PINGPONG: they also take turns issuing their
+    MMAs (``_span_mma``); left to themselves they shared the tensor cores, finished their spans
+    together and dequantized together while the tensor cores idled (84 % busy, ping-pong 0.94–0.98×
+    fp16 at 2048 rows instead of 0.71–0.88×: docs/kernel-notes.md, 35). Three consumers of 128
+    tokens did worse at 1024–2048 rows (30)."""
     CONSUMERS: gl.constexpr = 2
     x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
