@@ -333,23 +333,24 @@ def _load_x_span(x_desc, bar, x_smem, slot, m0, sp):
 
 @gluon.jit
 def _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready, slot, phase, BLOCK_N: gl.constexpr,
-              a_l: gl.constexpr, turn=None, turn_phase=0, wait_turn=False, pass_turn=None):
+              a_l: gl.constexpr, turns=None, wg=0, sp=0):
     """One span: its A operands from the words in registers, x's slot awaited, the two MMAs issued and
     waited for. They must be waited for before the next span's operands are made: the MMAs read the A
     registers after they are issued, and the compiler would reuse them (wrong results on the H100
     with the wait one span later). The tensor cores stay busy with the other warpgroup's and the other
-    programs' MMAs meanwhile. ``turn``/``pass_turn`` (warp-specialized kernel): the MMAs are issued
-    only once the other consumer has issued its own for the span before, and this consumer's issue
-    passes the turn back, so the two alternate on the tensor cores instead of sharing them."""
+    programs' MMAs meanwhile. ``turns`` (the warp-specialized kernel's ping-pong, consumer ``wg`` at
+    span ``sp``): the MMAs are issued only once the other consumer has issued its own for the span
+    before, and this consumer's issue passes the turn on, so the two alternate on the tensor cores
+    instead of sharing them."""
     a0 = _a_half(w0, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
     a1 = _a_half(w1, zw, s, zsh, magic, zero3, BLOCK_N, a_l)
     mbarrier.wait(ready, phase)
-    if turn is not None:
-        mbarrier.wait(turn, turn_phase, pred=wait_turn)
+    if turns is not None:
+        mbarrier.wait(turns.index(wg), (sp - 1 + wg) & 1, pred=sp + wg >= 1)
     acc = warpgroup_mma(a0, x_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(a1, x_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
-    if pass_turn is not None:
-        mbarrier.arrive(pass_turn, count=1)
+    if turns is not None:
+        mbarrier.arrive(turns.index(1 - wg), count=1)
     return warpgroup_mma_wait(num_outstanding=0, deps=[acc])
 
 
@@ -416,13 +417,8 @@ def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr
     for sp in range(spans):
         w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
         slot = sp % STAGES
-        if PINGPONG:
-            acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot,
-                            (sp // STAGES) & 1, HALF_N, a_l, turn.index(WG), (sp - 1 + WG) & 1, sp + WG >= 1,
-                            turn.index(1 - WG))
-        else:
-            acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot,
-                            (sp // STAGES) & 1, HALF_N, a_l)
+        acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot, (sp // STAGES) & 1,
+                        HALF_N, a_l, turn if PINGPONG else None, WG, sp)
         mbarrier.arrive(empty.index(slot), count=1)
         w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
     _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)

@@ -308,19 +308,21 @@ def test_prefill_gemm_on_a_wide_layer(m):
     assert not out.isnan().any() and _rel(out, ref) < 1e-3
 
 
-def _gemm_ptx(**kw) -> str:
-    """``compile_gemm_for(90, **kw)``'s PTX, compiled in a fresh process: after the interpreter ran
-    kernels in this one, Triton's tensor methods can stay bound to it, and the warp-specialized
-    kernel's partitions then fail to compile (seen in CI, depending on test order)."""
+def _gluon_ptx(compile_fn: str, *args, **kw) -> str:
+    """PTX of ``gluon_w4a16.<compile_fn>(*args, **kw)``, compiled in a fresh process: after the
+    interpreter ran kernels in this one, Triton's tensor methods can stay bound to it, and the
+    warp-specialized kernel's partitions then failed to compile (seen in CI, depending on test order)."""
     import json
     import os
     import subprocess
     import sys
 
-    code = ("import json, sys; from edge_awq.kernels import gluon_w4a16 as gk; "
-            "sys.stdout.write(gk.compile_gemm_for(90, **json.loads(sys.argv[1])).asm['ptx'])")
+    code = ("import json, sys; from edge_awq.kernels import gluon_w4a16 as gk; a, kw = json.loads(sys.argv[1]); "
+            f"sys.stdout.write(gk.{compile_fn}(*a, **kw).asm['ptx'])")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", code, json.dumps(kw)], capture_output=True, text=True, env=env)
+    # cwd: tests/, not the checkout's root, whose edge_awq/ folder lacks the kernels/ mapping of an install
+    run = subprocess.run([sys.executable, "-c", code, json.dumps([args, kw])], capture_output=True, text=True,
+                         env=env, cwd=os.path.dirname(__file__))
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
 
@@ -332,24 +334,24 @@ def test_gluon_gemm_compiles_for_hopper(kind):
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     kw = {"64x64": gk.gemm_config(1), "128x64": gk.gemm_config(512), "warp-specialized": dict(block_m=256, stages=2,
                                                                                              ws=True)}[kind]
-    ptx = _gemm_ptx(**kw)
+    ptx = _gluon_ptx("compile_gemm_for", 90, **kw)
     assert ptx.count("cp.async.bulk.tensor.2d") >= 2
     assert ptx.count("ld.global.L1::evict_last.L2::cache_hint.v2.b32") >= 2
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n") >= 8
     # no shuffles of data; the warp-specialized kernel reads its partition's warp id by one shfl
     assert ptx.count("shfl") == (1 if kind == "warp-specialized" else 0)
     if kind == "warp-specialized":  # x's ready/empty waits, and the consumers' turn waits of the ping-pong
-        nopp = _gemm_ptx(**kw, pingpong=False)
+        nopp = _gluon_ptx("compile_gemm_for", 90, **kw, pingpong=False)
         assert ptx.count("mbarrier.try_wait") == nopp.count("mbarrier.try_wait") + 2
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])
 def test_gluon_kernel_compiles_for_hopper_and_orin(capability, stages):
-    """Compiled here for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive
-    by 16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
+    """Compiled for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive by
+    16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
     compile if a layout conversion were needed)."""
-    gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
-    ptx = gk.compile_for(capability, stages=stages).asm["ptx"]
+    pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    ptx = _gluon_ptx("compile_for", capability, stages=stages)
     loads = "cp.async.cg.shared.global" if stages else "ld.global.v4"  # 16-byte copies, 16-byte loads
     assert ptx.count(loads) >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
     assert "shfl" not in ptx

@@ -63,8 +63,8 @@ PROBE_CFGS = [dict(block_n=bn, chunk_k=ck, num_warps=w) for bn in (16, 32, 64) f
               for w in (1, 2)]
 GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st in
              ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
-WS_CFGS = [dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200)]
-WS_CFGS = [{**c, "pingpong": pp} for pp in (True, False) for c in WS_CFGS]  # ping-pong: docs/kernel-notes.md, 35
+WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too: docs/kernel-notes.md, 35
+           for c in (dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200))]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
