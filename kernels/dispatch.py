@@ -3,10 +3,11 @@
 - CPU: the torch reference (unpack + matmul), or, when the settings ask for "torch-int4" (the
   CPU profile of the runtime), torch's CPU int4 kernel (bf16 inside the linear, ~8× faster).
 - CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``; for group 128 where
-  Gluon is there, in the mma order): one row → ``gemv_row`` (FMAs) or ``gemv_dot`` (tensor
-  cores), as the settings say; 2..``decode_max_m`` rows → the Gluon kernel (mma order, fp16) or
-  ``gemv_dot``; more on sm_90 (up to ``gemm_max_m``) → the Gluon warpgroup-MMA GEMMs (mma
-  order, fp16; ``gluon_w4a16.prefill_gemm``); else → dequantize to 16 bits (the whole layer, or
+  Gluon is there, in the mma order): one row → the Gluon one-row kernel (fp16, ``row_gemv``),
+  ``gemv_row`` (FMAs; bf16, or a gated input) or ``gemv_dot`` (tensor cores), as the settings say;
+  2..``decode_max_m`` rows → the Gluon kernel (mma order, fp16) or ``gemv_dot``; more on sm_90 (up
+  to ``gemm_max_m``) → the Gluon warpgroup-MMA GEMMs (mma order, fp16;
+  ``gluon_w4a16.prefill_gemm``); else → dequantize to 16 bits (the whole layer, or
   ``prefill_chunk_n`` columns at a time into a scratch that stays in L2) + cuBLAS.
 - CUDA without Triton (some Jetson images): torch's int4 kernel ``_weight_int4pack_mm`` where the
   GPU (sm80+) and shape allow, else the reference.
@@ -56,6 +57,11 @@ class KernelSettings:
     row_chunk_k: int = 256
     row_warps: int = 1
     row_h2: bool = True  # gemv_row's half2 products (fp16 on the GPU); False: fp32 FMAs
+    row_gluon: bool = True  # one fp16 row (not a gated input) on the Gluon kernel where Gluon imports
+    row_columns_per_thread: int = 4  # its tile (gluon_w4a16.row_gemv: rpt, wpt, tk, warps)
+    row_words_per_thread: int = 4
+    row_k_threads: int = 8
+    row_gluon_warps: int = 1
     dot_block_n: int = 64
     dot_warps: int = 4
     dot_stages: int = 3
@@ -223,7 +229,16 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
         if scratch is None or not scratch.fits(n) or scratch.workspace.device != x2.device:
             scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
         out = None if acc is None else acc.view(m, n)
-        if m == 1 and s.row_kernel == "row":
+        if (m == 1 and s.row_kernel == "row" and s.row_gluon and not gated and x2.dtype != torch.bfloat16
+                and g >= 8 * s.row_words_per_thread and shape[-1] % 32 == 0 and _gluon_module() is not None):
+            _announce("triton", "one row: the Gluon kernel")
+            y = out if out is not None else torch.zeros(1, n, dtype=torch.float32, device=x2.device)
+            _gluon_module().row_gemv(x2.to(torch.float16), qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
+                                     rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
+                                     warps=s.row_gluon_warps, pdl=s.pdl)
+            if acc is None:
+                y = y.to(x2.dtype)
+        elif m == 1 and s.row_kernel == "row":
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2, out=out,
                             accumulate=acc is not None, pdl=s.pdl, gated=gated, mma=mma)

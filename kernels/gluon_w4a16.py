@@ -1,5 +1,6 @@
-"""Gluon W4A16 kernels on the ``mma`` order (layout.py), group 128, fp16 activations: one for 2–16
-rows (any GPU with mma.m16n8k16, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
+"""Gluon W4A16 kernels, fp16 activations: one for 2–16 rows on the ``mma`` order (layout.py, group
+128; any GPU with mma.m16n8k16, sm_80+), one for a single row (``row_gemv``, below: K-major or mma
+order, half2 math, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
 
 Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16`` for a span of
 128 k (four k-steps), so the codes become half2 in the registers that loaded them — one shift,
@@ -23,6 +24,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 SPAN = gl.constexpr(128)
 # named thread_barrier in Triton 3.5–3.6, barrier later
@@ -267,6 +269,249 @@ def compile_for(capability: int, block_n: int = 128, warps: int = 4, stages: int
         constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps),
                     **({"STAGES": stages} if stages else {})},
         attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
+
+
+# ---------------------------------------------------------------- one row (decode at batch 1)
+
+def _dot32_asm() -> str:
+    """PTX for Σ of four words' 32 products (q − z)·x: per word two LOP3s per pair put the codes of k,
+    k + 1 under 1024 (low nibbles) or 1024 + 16q (high, scaled back by 1/16), an HADD2 or HFMA2 makes
+    them q − z exactly, and four HFMA2 add the products to one half2 chain for all four words;
+    converted to fp32 once (13 instructions per word, 3 per four). Operands: $1–$4 the words, $5/$6
+    −(1024 + z) / −(64 + z) twice, $7 + 4i + P the half2 of x for pair P of word i, $23 1024 twice
+    (0x64006400), $24 1/16 twice (0x2C002C00)."""
+    body = ""
+    for i in range(4):
+        w = f"${1 + i}"
+        body += (f"lop3.b32 p0, {w}, 0x000F000F, $23, 0xEA; lop3.b32 p1, {w}, 0x00F000F0, $23, 0xEA;"
+                 f"shr.u32 t, {w}, 8; lop3.b32 p2, t, 0x000F000F, $23, 0xEA; lop3.b32 p3, t, 0x00F000F0, $23, 0xEA;"
+                 "add.f16x2 p0, p0, $5; fma.rn.f16x2 p1, p1, $24, $6;"
+                 "add.f16x2 p2, p2, $5; fma.rn.f16x2 p3, p3, $24, $6;")
+        x = [f"${7 + 4 * i + p}" for p in range(4)]
+        first = "mul.f16x2 c, p0, " + x[0] if i == 0 else f"fma.rn.f16x2 c, p0, {x[0]}, c"
+        body += f"{first}; fma.rn.f16x2 c, p1, {x[1]}, c; fma.rn.f16x2 c, p2, {x[2]}, c; fma.rn.f16x2 c, p3, {x[3]}, c;"
+    return ("{.reg .b32 t, c, p0, p1, p2, p3; .reg .b16 lo, hi; .reg .f32 flo, fhi;" + body
+            + "mov.b32 {lo, hi}, c; cvt.f32.f16 flo, lo; cvt.f32.f16 fhi, hi; add.f32 $0, flo, fhi;}")
+
+
+_DOT32_H2 = gl.constexpr(_dot32_asm())
+
+
+@gluon.jit
+def _max_h2(a, b):
+    return gl.inline_asm_elementwise("max.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=gl.int32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _abs_max4(x0, x1, x2, x3):
+    """Elementwise max of |x| over four half2 (as int32)."""
+    return gl.inline_asm_elementwise(
+        "{.reg .b32 a, b, c, d; abs.f16x2 a, $1; abs.f16x2 b, $2; abs.f16x2 c, $3; abs.f16x2 d, $4;"
+        "max.f16x2 a, a, b; max.f16x2 c, c, d; max.f16x2 $0, a, c;}",
+        "=r,r,r,r,r", [x0, x1, x2, x3], dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _mul_h2(a, b):
+    return gl.inline_asm_elementwise("mul.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=gl.int32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def _x_word(x32_ptr, jw, mask, MMA: gl.constexpr):
+    """The four half2 of x that word jw's pairs P = 0 … 3 (nibbles P and P + 4) multiply: k = 8jw + 2P,
+    or in the mma order 128⌊jw/16⌋ + 32(jw mod 4) + 2(⌊jw/4⌋ mod 4) + 16⌊P/2⌋ + 8(P mod 2), and k + 1."""
+    if MMA:
+        base = (jw // 16) * 64 + (jw % 4) * 16 + (jw // 4) % 4
+        return (gl.load(x32_ptr + base, mask=mask, other=0), gl.load(x32_ptr + base + 4, mask=mask, other=0),
+                gl.load(x32_ptr + base + 8, mask=mask, other=0), gl.load(x32_ptr + base + 12, mask=mask, other=0))
+    base = jw * 4
+    return (gl.load(x32_ptr + base, mask=mask, other=0), gl.load(x32_ptr + base + 1, mask=mask, other=0),
+            gl.load(x32_ptr + base + 2, mask=mask, other=0), gl.load(x32_ptr + base + 3, mask=mask, other=0))
+
+
+@gluon.jit
+def _x_quad(x32_ptr, jx, mask, MMA: gl.constexpr):
+    """x for four consecutive words jx … jx + 3: 16 half2, and their largest |x| as half2."""
+    x00, x01, x02, x03 = _x_word(x32_ptr, jx, mask, MMA)
+    x10, x11, x12, x13 = _x_word(x32_ptr, jx + 1, mask, MMA)
+    x20, x21, x22, x23 = _x_word(x32_ptr, jx + 2, mask, MMA)
+    x30, x31, x32, x33 = _x_word(x32_ptr, jx + 3, mask, MMA)
+    m = _max_h2(_max_h2(_abs_max4(x00, x01, x02, x03), _abs_max4(x10, x11, x12, x13)),
+                _max_h2(_abs_max4(x20, x21, x22, x23), _abs_max4(x30, x31, x32, x33)))
+    return (x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33), m
+
+
+@gluon.jit
+def _bx(xp, sh, zero2):
+    """A thread's x pair, scaled by its power of two, broadcast over its columns."""
+    return _mul_h2(xp, sh)[None, :] + zero2
+
+
+@gluon.jit
+def _quad_dot(wq, nb1, nb2, xq, sh, zero2, nt_l: gl.constexpr):
+    """Σ (q − z)·x over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, fp32 (BN, TK)."""
+    wa, wb = gl.split(gl.reshape(wq, [wq.shape[0], wq.shape[1], 2, 2]))  # word 2a + b
+    w0, w2 = gl.split(wa)
+    w1, w3 = gl.split(wb)
+    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
+    return gl.inline_asm_elementwise(
+        _DOT32_H2, "=f" + ",r" * 24,
+        [gl.convert_layout(w0, nt_l, assert_trivial=True), gl.convert_layout(w1, nt_l, assert_trivial=True),
+         gl.convert_layout(w2, nt_l, assert_trivial=True), gl.convert_layout(w3, nt_l, assert_trivial=True),
+         nb1, nb2,
+         _bx(x00, sh, zero2), _bx(x01, sh, zero2), _bx(x02, sh, zero2), _bx(x03, sh, zero2),
+         _bx(x10, sh, zero2), _bx(x11, sh, zero2), _bx(x12, sh, zero2), _bx(x13, sh, zero2),
+         _bx(x20, sh, zero2), _bx(x21, sh, zero2), _bx(x22, sh, zero2), _bx(x23, sh, zero2),
+         _bx(x30, sh, zero2), _bx(x31, sh, zero2), _bx(x32, sh, zero2), _bx(x33, sh, zero2),
+         zero2 + 0x64006400, zero2 + 0x2C002C00],
+        dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _row_rows(nt, N, BN: gl.constexpr, RPT: gl.constexpr, VEC: gl.constexpr, nt_l: gl.constexpr):
+    """Column tile nt: its columns, the same clamped to N − 1 (loads need no mask, never stored),
+    and the columns whose scales a thread reads (with VEC, N % RPT == 0: a thread's RPT columns are
+    all in or all past N, so they are read as one vector)."""
+    ar = gl.arange(0, BN, layout=gl.SliceLayout(1, nt_l))
+    rows = nt * BN + ar
+    rows_c = gl.minimum(rows, N - 1)
+    if VEC:
+        rows_s = gl.max_contiguous(gl.multiple_of(gl.minimum(nt * BN + (ar // RPT) * RPT, N - RPT) + ar % RPT,
+                                                  [RPT]), [RPT])
+    else:
+        rows_s = rows_c
+    return rows, rows_c, rows_s
+
+
+@gluon.jit
+def _row_load(q_ptr, qz_ptr, s_ptr, nt, kc, N, K, k8, GROUP: gl.constexpr, EVEN_K: gl.constexpr,
+              RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
+              L3: gl.constexpr):
+    """The words, scales and packed zero points of tile (column tile nt, K chunk kc)."""
+    nt_l: gl.constexpr = gl.SliceLayout(2, L3)
+    tw_l: gl.constexpr = gl.SliceLayout(0, L3)
+    BN: gl.constexpr = RPT * (32 // TK) * W
+    rows, rows_c, rows_s = _row_rows(nt, N, BN, RPT, VEC, nt_l)
+    j0 = kc * (WPT * TK)
+    jw = j0 + gl.arange(0, TK, layout=gl.SliceLayout(1, tw_l))[:, None] * WPT + \
+        gl.arange(0, WPT, layout=gl.SliceLayout(0, tw_l))[None, :]  # (TK, WPT) word index along the row
+    wofs = gl.max_contiguous(gl.multiple_of(rows_c[:, None, None] * k8 + jw[None, :, :], [1, 1, 4]), [1, 1, 4])
+    if EVEN_K:
+        words = gl.load(q_ptr + wofs, eviction_policy="evict_first")
+    else:
+        words = gl.load(q_ptr + wofs, mask=(jw < k8)[None, :, :], other=0, eviction_policy="evict_first")
+    g = gl.minimum((j0 + gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l)) * WPT) // (GROUP // 8), K // GROUP - 1)
+    s = gl.load(s_ptr + g[None, :] * N + rows_s[:, None])  # (BN, TK): a thread's words lie in one group
+    if VEC and RPT % 8 == 0:  # a thread's columns share RPT/8 words of packed zeros: load each once
+        lz: gl.constexpr = gl.BlockedLayout([RPT // 8, 8, 1], [32 // TK, 1, TK], [W, 1, 1], [2, 1, 0])
+        zr = gl.minimum(nt * (BN // 8) + gl.arange(0, BN // 8, layout=gl.SliceLayout(1, gl.SliceLayout(1, lz))),
+                        N // 8 - 1)
+        gz = gl.minimum((j0 + gl.arange(0, TK, layout=gl.SliceLayout(0, gl.SliceLayout(1, lz))) * WPT)
+                        // (GROUP // 8), K // GROUP - 1)
+        zw = gl.load(qz_ptr + gz[None, :] * (N // 8) + zr[:, None])  # (BN/8, TK)
+        zw = gl.reshape(zw[:, None, :] + gl.zeros([BN // 8, 8, TK], gl.int32, lz), [BN, TK])
+        zw = gl.convert_layout(zw, nt_l, assert_trivial=True)
+    else:
+        zw = gl.load(qz_ptr + g[None, :] * (N // 8) + (rows_c // 8)[:, None])
+    return words, s, zw
+
+
+@gluon.jit
+def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, nt, kc, N, k8, MMA: gl.constexpr, HAS_BIAS: gl.constexpr,
+              RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
+              L3: gl.constexpr):
+    """Tile (nt, kc)'s partial sums, added into the zeroed fp32 output (the bias by K chunk 0)."""
+    nt_l: gl.constexpr = gl.SliceLayout(2, L3)
+    BN: gl.constexpr = RPT * (32 // TK) * W
+    rows, rows_c, rows_s = _row_rows(nt, N, BN, RPT, VEC, nt_l)
+    zsh = (((rows_c & 7) >> 1) << 2) | ((rows_c & 1) << 4)  # zeros keep the GEMM layout's nibble order
+    z = (zw >> zsh[:, None]) & 0xF
+    # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
+    nb1 = z * 0x10001 - 469703680  # + 0xE400E400
+    nb2 = z * 0x100010 - 738143232  # + 0xD400D400
+    jx = kc * (WPT * TK) + WPT * gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l))
+    xm = jx < k8
+    zero2 = gl.zeros([BN, TK], gl.int32, nt_l)
+    if WPT == 4:
+        xq, m = _x_quad(x32_ptr, jx, xm, MMA)
+    else:
+        xq, m = _x_quad(x32_ptr, jx, xm, MMA)
+        xq2, m2 = _x_quad(x32_ptr, jx + 4, xm, MMA)
+        m = _max_h2(m, m2)
+    hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
+    sc = gl.minimum(22 - (hb >> 10), 15)  # 2^sc · max|x| in [128, 256); subnormal or zero: 2^15
+    sh = (sc + 15) << 10
+    sh = sh | (sh << 16)
+    inv = ((127 - sc) << 23).to(gl.float32, bitcast=True)
+    if WPT == 4:
+        part = _quad_dot(words, nb1, nb2, xq, sh, zero2, nt_l)
+    else:
+        wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
+        part = _quad_dot(wlo, nb1, nb2, xq, sh, zero2, nt_l) + _quad_dot(whi, nb1, nb2, xq2, sh, zero2, nt_l)
+    y = gl.sum(part * (s.to(gl.float32) * inv[None, :]), axis=1)  # (BN,)
+    if HAS_BIAS:
+        y += gl.load(b_ptr + rows_s).to(gl.float32) * (kc == 0).to(gl.float32)
+    gl.atomic_add(y_ptr + rows, y, mask=rows < N, sem="relaxed")
+
+
+@gluon.jit
+def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
+                GROUP: gl.constexpr, MMA: gl.constexpr, HAS_BIAS: gl.constexpr, EVEN_K: gl.constexpr,
+                RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
+                PDL: gl.constexpr):
+    """One row: a program reduces RPT·(32/TK)·W columns × 8·WPT·TK k. A thread holds RPT consecutive
+    columns × WPT (4 or 8) consecutive words (16-byte loads) — one group's zero point and scale per
+    column, x for its own words only — so x is prepared once per thread for RPT columns and the only
+    cross-thread step is the final sum over the TK threads along k. x is scaled per thread by a power
+    of two (largest |x| into [128, 256): a half2 chain of 16 products of |q − z| ≤ 15 cannot
+    overflow), undone with the scale in fp32. Adds into a zeroed fp32 output (K-splits by atomics).
+    All weight loads are issued before any math (a barrier; ptxas would otherwise interleave them
+    with it to save registers). PDL: they are also issued before waiting for the previous kernel,
+    whose output x is."""
+    L3: gl.constexpr = gl.BlockedLayout([RPT, 1, WPT], [32 // TK, TK, 1], [W, 1, 1], [2, 1, 0])
+    nt = gl.program_id(0)
+    kc = gl.program_id(1)
+    words, s, zw = _row_load(q_ptr, qz_ptr, s_ptr, nt, kc, N, K, k8, GROUP, EVEN_K, RPT, WPT, TK, W, VEC, L3)
+    _barrier()
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, nt, kc, N, k8, MMA, HAS_BIAS, RPT, WPT, TK, W, VEC, L3)
+
+
+def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+             bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
+             tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False) -> torch.Tensor:
+    """x (1, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (1, N); ``qweight_k`` K-major
+    (N, K/8), in the mma order if ``mma`` (group 128). A program: ``rpt``·(32/``tk``)·``warps``
+    columns × 8·``wpt``·``tk`` k; ``wpt`` 8 needs groups of 64 or more. ``pdl``: launched as a
+    programmatic dependent of the previous kernel (sm_90)."""
+    m, k = x.shape
+    n = scales.shape[1]
+    assert m == 1 and x.dtype == torch.float16 and x.is_contiguous() and k % 32 == 0 and group_size >= 8 * wpt
+    assert qweight_k.shape == (n, k // 8) and out.dtype == torch.float32 and (not mma or group_size == 128)
+    bn, ck = rpt * (32 // tk) * warps, 8 * wpt * tk
+    _row_kernel[(triton.cdiv(n, bn), triton.cdiv(k, ck))](
+        x.view(torch.int32), qweight_k, qzeros, scales, bias if bias is not None else scales, out, n, k, k // 8,
+        GROUP=group_size, MMA=mma, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt, TK=tk, W=warps,
+        VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+    return out
+
+
+def compile_row_for(capability: int, rpt: int = 4, tk: int = 8, warps: int = 1, wpt: int = 4, mma: bool = True,
+                    pdl: bool = False):
+    """Compile the one-row kernel for a GPU that need not be here (CI: sm_90 and sm_87)."""
+    from triton.backends.compiler import GPUTarget
+    src = gluon._runtime.GluonASTSource(
+        fn=_row_kernel,
+        signature={"x32_ptr": "*i32", "q_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
+                   "y_ptr": "*fp32", "N": "i32", "K": "i32", "k8": "i32"},
+        constexprs={"GROUP": 128, "MMA": mma, "HAS_BIAS": True, "EVEN_K": True, "RPT": rpt, "WPT": wpt, "TK": tk,
+                    "W": warps, "VEC": True, "PDL": pdl},
+        attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
 
 

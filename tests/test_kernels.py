@@ -235,11 +235,35 @@ def test_dispatch_on_gpu(m):
     assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
     assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
     assert lin.mma_order == (dispatch._gluon_module() is not None)  # group 128: the mma order where Gluon runs
-    for settings in (KernelSettings(), KernelSettings(row_h2=False), KernelSettings(row_kernel="dot"),
+    for settings in (KernelSettings(), KernelSettings(row_gluon=False), KernelSettings(row_h2=False, row_gluon=False),
+                     KernelSettings(row_kernel="dot"),
                      KernelSettings(prefill_chunk_n=64), KernelSettings(gemm_max_m=0)):
         lin.kernel_settings = settings
         assert _rel(lin(x), ref) < TOL[torch.float16]
         assert _rel(lin(x.float()), ref) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
+@pytest.mark.parametrize("k,n,group,mma", [(512, 200, 128, True), (640, 136, 128, True), (384, 72, 32, False),
+                                           (1024, 256, 64, False)])
+def test_gluon_row_kernel_on_gpu(k, n, group, mma):
+    """The one-row Gluon kernel, K-major or mma order: K not a multiple of the program's chunk, N not
+    a multiple of its columns, bias added once, x with large and tiny entries (the per-thread power
+    of two), every column of the zeroed fp32 output gets its sum."""
+    gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    lin = _layer(k, n, group, 700 + k, bias=True)
+    x = _x(1, k, torch.float16, 701 + n)
+    x[0, ::7] *= 300.0  # entries near fp16's range and far below it in the same chunk
+    x[0, 3::11] *= 1e-4
+    ref = _ref(x, lin)
+    qk = to_mma(lin.qweight) if mma else to_kmajor(lin.qweight)
+    for rpt, tk, warps, wpt in ((8, 8, 1, 4), (4, 4, 2, 4), (16, 8, 1, 4), (8, 4, 4, 4), (4, 8, 1, 8), (8, 4, 2, 8)):
+        if wpt * 8 > group:
+            continue
+        y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+        gk.row_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, rpt=rpt, tk=tk, warps=warps, wpt=wpt,
+                    pdl=torch.cuda.get_device_capability()[0] >= 9)
+        assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
@@ -343,6 +367,26 @@ def test_gluon_gemm_compiles_for_hopper(kind):
     if kind == "warp-specialized":  # x's ready/empty waits, and the consumers' turn waits of the ping-pong
         nopp = _gluon_ptx("compile_gemm_for", 90, **kw, pingpong=False)
         assert ptx.count("mbarrier.try_wait") == nopp.count("mbarrier.try_wait") + 2
+
+
+@pytest.mark.parametrize("capability,wpt", [(90, 4), (87, 4), (90, 8)])
+def test_gluon_row_kernel_compiles_for_hopper_and_orin(capability, wpt):
+    """The one-row kernel compiled for sm_90 (with programmatic dependent launch) and sm_87, no GPU
+    needed: one 16-byte load per column and thread, the half2 chains of 16 products (four HFMA2 per
+    word), the weights loaded before the wait for the previous kernel, the sum across the k threads
+    by shuffles only (no shared memory)."""
+    pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    pdl = capability >= 90
+    ptx = _gluon_ptx("compile_row_for", capability, rpt=4, wpt=wpt, pdl=pdl)
+    import re
+
+    assert len(re.findall(r"ld\.global\S*\.v4\.b32", ptx)) == 4 * wpt // 4  # 4 columns × wpt words
+    # per column and word: two for the high nibbles' q − z and four products, but the first product
+    # of each four-word chain is a mul
+    assert ptx.count("fma.rn.f16x2") == 4 * (6 * wpt - wpt // 4)
+    if pdl:
+        assert ptx.index("griddepcontrol.wait") > ptx.rindex(".v4.b32")
+    assert "st.shared" not in ptx and "shfl" in ptx
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])

@@ -65,6 +65,8 @@ GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st 
              ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
 WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too: docs/kernel-notes.md, 35
            for c in (dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200))]
+GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p) for r, t, w, p in
+             ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
@@ -215,6 +217,9 @@ def main() -> None:
             return tw.gemv_row(x, c["qk"], c["qz"], c["sc"], None, GROUP, scratch.workspace, scratch.counters,
                                out=out, accumulate=True, mma=mma, **cfg)
 
+        def grow_acc_call(x, c, cfg, out):  # the Gluon one-row kernel: always adds into a zeroed fp32 output
+            return gk.row_gemv(x, c["qk"], c["qz"], c["sc"], None, out, GROUP, mma=mma, **cfg)
+
         def dot_acc_call(x, c, cfg, out):
             cfg = dict(cfg)
             pps = cfg.pop("programs_per_sm")
@@ -273,6 +278,8 @@ def main() -> None:
         if 1 in ms:
             tune("row", 1, row_cfgs, row_call)
             acc_tune("row-acc", 1, row_cfgs, row_acc_call)
+            if gk is not None:
+                acc_tune("gluon-row", 1, GROW_CFGS, grow_acc_call)
             for cfg in PROBE_CFGS[:: 2]:
                 probe[str(cfg)] = graph_us([lambda c=c: read_probe(c["qk"], probe_out, **cfg) for c in copies])
             pbest = min(probe, key=probe.get)
@@ -304,6 +311,11 @@ def main() -> None:
                     arena.zero_()
                     errs["row-acc"] = rel_err(row_acc_call(x, base, cfg, arena[0, :1]), ref)
                     cands["row-acc"] = acc_graph_us(x, row_acc_call, cfg)
+                    if gk is not None:
+                        cfg = best[("gluon-row", 1)]
+                        arena.zero_()
+                        errs["gluon-row"] = rel_err(grow_acc_call(x, base, cfg, arena[0, :1]), ref)
+                        cands["gluon-row"] = acc_graph_us(x, grow_acc_call, cfg)
                     if torch.cuda.get_device_capability(dev) >= (9, 0):
                         # as the runtime launches it: a programmatic dependent of the previous kernel,
                         # its weights streaming under that kernel's tail. Reported apart, not a candidate:
