@@ -312,10 +312,10 @@ def main() -> None:
                     errs["row-acc"] = rel_err(row_acc_call(x, base, cfg, arena[0, :1]), ref)
                     cands["row-acc"] = acc_graph_us(x, row_acc_call, cfg)
                     if gk is not None:
-                        cfg = best[("gluon-row", 1)]
+                        gcfg = best[("gluon-row", 1)]
                         arena.zero_()
-                        errs["gluon-row"] = rel_err(grow_acc_call(x, base, cfg, arena[0, :1]), ref)
-                        cands["gluon-row"] = acc_graph_us(x, grow_acc_call, cfg)
+                        errs["gluon-row"] = rel_err(grow_acc_call(x, base, gcfg, arena[0, :1]), ref)
+                        cands["gluon-row"] = acc_graph_us(x, grow_acc_call, gcfg)
                     if torch.cuda.get_device_capability(dev) >= (9, 0):
                         # as the runtime launches it: a programmatic dependent of the previous kernel,
                         # its weights streaming under that kernel's tail. Reported apart, not a candidate:
