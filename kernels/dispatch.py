@@ -4,7 +4,7 @@
   CPU profile of the runtime), torch's CPU int4 kernel (bf16 inside the linear, ~8× faster).
 - CUDA with Triton, on the K-major runtime layout (``QuantLinear.prepare``; for group 128 where
   Gluon is there, in the mma order): one row → the Gluon one-row kernel (fp16, ``row_gemv``),
-  ``gemv_row`` (FMAs; bf16, or a gated input) or ``gemv_dot`` (tensor cores), as the settings say;
+  ``gemv_row`` (FMAs; bf16/fp32, or a gated input) or ``gemv_dot`` (tensor cores), as the settings say;
   2..``decode_max_m`` rows → the Gluon kernel (mma order, fp16) or ``gemv_dot``; more on sm_90 (up
   to ``gemm_max_m``) → the Gluon warpgroup-MMA GEMMs (mma order, fp16;
   ``gluon_w4a16.prefill_gemm``); else → dequantize to 16 bits (the whole layer, or
@@ -232,11 +232,11 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
         if scratch is None or not scratch.fits(n) or scratch.workspace.device != x2.device:
             scratch = Scratch(x2.device, n)  # correct, but allocates: callers pass one
         out = None if acc is None else acc.view(m, n)
-        if (m == 1 and s.row_kernel == "row" and s.row_gluon and not gated and x2.dtype != torch.bfloat16
+        if (m == 1 and s.row_kernel == "row" and s.row_gluon and not gated and x2.dtype == torch.float16
                 and g >= 8 * s.row_words_per_thread and shape[-1] % 32 == 0 and _gluon_module() is not None):
             _announce("triton", "one row: the Gluon kernel")
             y = out if out is not None else torch.zeros(1, n, dtype=torch.float32, device=x2.device)
-            _gluon_module().row_gemv(x2.to(torch.float16), qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
+            _gluon_module().row_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
                                      rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
                                      warps=s.row_gluon_warps, pdl=s.pdl)
             if acc is None:

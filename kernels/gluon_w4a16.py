@@ -439,7 +439,7 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, nt, kc, N, k8, MMA: gl.conste
         xq, m = _x_quad(x32_ptr, jx, xm, MMA)
     else:
         xq, m = _x_quad(x32_ptr, jx, xm, MMA)
-        xq2, m2 = _x_quad(x32_ptr, jx + 4, xm, MMA)
+        xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
         m = _max_h2(m, m2)
     hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
     sc = gl.minimum(22 - (hb >> 10), 15)  # 2^sc · max|x| in [128, 256); subnormal or zero: 2^15
