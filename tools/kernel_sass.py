@@ -2,6 +2,7 @@
 
     python tools/kernel_sass.py row --arch 90 --block-n 32 --chunk-k 512 --warps 2
     python tools/kernel_sass.py dot --arch 87 --block-n 64 --warps 4
+    python tools/kernel_sass.py gluon-row --arch 90 --rpt 8 --wpt 4 --tk 8 --warps 1
 
 Uses Triton's bundled ptxas and nvdisasm, so it runs on the CPU machine: registers, spills,
 shared memory, and an instruction histogram (opcode without modifiers) per weight handled by one
@@ -42,13 +43,13 @@ def build(kind: str, a) -> tuple[ASTSource, int]:
              "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     if kind == "row":
         sig = {**types, "N": "i32", "K": "i32", "k8": "i32", "split_k": "i32", "m12": "i32", "m16": "i32"}
-        const = dict(GROUP=a.group, BLOCK_N=a.block_n, CHUNK_K=a.chunk_k, H2=a.h2, SPLIT=True, HAS_BIAS=False,
-                     ASM=True, **SHIFTS)
+        const = dict(GROUP=a.group, BLOCK_N=a.block_n, CHUNK_K=a.chunk_k, H2=a.h2, SPLIT=2, HAS_BIAS=False,
+                     ASM=True, PDL=False, GATED=False, MMA=1, **SHIFTS)
         return _source(tw._gemv_row_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8")), a.block_n * a.chunk_k
     if kind == "dot":
         sig = {**types, "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32", "stride_ym": "i32",
                "groups_per_split": "i32", "split_k": "i32", "magic": "i32"}
-        const = dict(GROUP=a.group, BLOCK_M=16, BLOCK_N=a.block_n, SPLIT=True, HAS_BIAS=False, ASM=True, **SHIFTS)
+        const = dict(GROUP=a.group, BLOCK_M=16, BLOCK_N=a.block_n, SPLIT=2, HAS_BIAS=False, ASM=True, MMA=1, **SHIFTS)
         return (_source(tw._gemv_dot_kernel, sig, const, aligned=(*PTRS, "N", "K", "k8", "stride_xm", "stride_ym")),
                 a.block_n * a.group)
     raise SystemExit(f"unknown kernel kind {kind!r}")
@@ -79,7 +80,7 @@ def loop_body(sass: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["row", "dot"])
+    ap.add_argument("kind", choices=["row", "dot", "gluon-row"])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--block-n", type=int, default=32)
@@ -87,10 +88,18 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=2)
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--h2", action="store_true", help="row kernel: half2 products")
+    ap.add_argument("--rpt", type=int, default=8, help="gluon-row: columns per thread")
+    ap.add_argument("--wpt", type=int, default=4, help="gluon-row: words per thread")
+    ap.add_argument("--tk", type=int, default=8, help="gluon-row: threads along k")
     ap.add_argument("--dump", action="store_true", help="print the SASS")
     a = ap.parse_args()
-    src, weights = build(a.kind, a)
-    k = compile(src, target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.warps, "num_stages": a.stages})
+    if a.kind == "gluon-row":  # the Gluon one-row kernel, mma order, group 128
+        from edge_awq.kernels import gluon_w4a16 as gk
+        k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt)
+        weights = a.rpt * (32 // a.tk) * a.warps * 8 * a.wpt * a.tk
+    else:
+        src, weights = build(a.kind, a)
+        k = compile(src, target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.warps, "num_stages": a.stages})
     sass = k.asm["sass"]
     if a.dump:
         print(sass)
@@ -106,7 +115,8 @@ def main() -> None:
         print(f"K loop: {len(loop)} instructions per iteration, {len(loop) * threads / (a.block_n * a.group):.2f} "
               "per weight")
     meta = k.metadata
-    print(f"{a.kind} sm_{a.arch} block_n={a.block_n} chunk_k={a.chunk_k} warps={a.warps}: {registers(k.asm['cubin'])}, "
+    tile = f"rpt={a.rpt} wpt={a.wpt} tk={a.tk}" if a.kind == "gluon-row" else f"block_n={a.block_n} chunk_k={a.chunk_k}"
+    print(f"{a.kind} sm_{a.arch} {tile} warps={a.warps}: {registers(k.asm['cubin'])}, "
           f"shared {meta.shared} B, {total} SASS instructions (static), weights/program {weights}, "
           f"instructions per weight per thread-slot {total * threads / weights:.2f}")
     for op, c in ops.most_common(25):
