@@ -36,6 +36,13 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
+def _zero_shift(cols):
+    """Bit offset of column ``cols``' zero point in its packed word: the zeros keep the GEMM layout's
+    AWQ nibble order (column 8w + j at nibble (0, 4, 1, 5, 2, 6, 3, 7)[j])."""
+    return (((cols & 7) >> 1) << 2) | ((cols & 1) << 4)
+
+
+@gluon.jit
 def _pair(words, P: gl.constexpr, magic, base, scale):
     """Nibbles P and P + 4 (bits 4P and 4P + 16: k and k + 1 of a fragment) as (q − z)·s in half2:
     the LOP3 puts each nibble under the bit pattern of 1024, the HADD2 subtracts 1024 + z (exact),
@@ -126,7 +133,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     offs_j = gl.arange(0, 4, layout=j_l)
     # thread t of a quad loads words 4t … 4t + 3 of the span: its fragments for k-steps j = 0 … 3
     tj = (offs_t * 4)[None, :, None] + offs_j[None, None, :]
-    zsh = (((ar_n & 7) >> 1) << 2) | ((ar_n & 1) << 4)  # zeros keep the GEMM layout's nibble order
+    zsh = _zero_shift(ar_n)
     x_l: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [W, 1], [1, 0])
     am = gl.arange(0, 16, layout=gl.SliceLayout(1, x_l))
     ak = gl.arange(0, SPAN, layout=gl.SliceLayout(0, x_l))
@@ -181,7 +188,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
     ct = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, cw_l)))
     cj = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, cw_l)))
     ctj = (ct * 4)[None, :, None] + cj[None, None, :]
-    zsh = (((ar_n & 7) >> 1) << 2) | ((ar_n & 1) << 4)
+    zsh = _zero_shift(ar_n)
     am = gl.arange(0, 16, layout=gl.SliceLayout(1, x_l))
     ak = gl.arange(0, SPAN, layout=gl.SliceLayout(0, x_l))
     xofs = am[:, None] * stride_xm + ak[None, :]
@@ -387,14 +394,14 @@ def _row_rows(nt, N, BN: gl.constexpr, RPT: gl.constexpr, VEC: gl.constexpr, nt_
 
 
 @gluon.jit
-def _row_load(q_ptr, qz_ptr, s_ptr, nt, kc, N, K, k8, GROUP: gl.constexpr, EVEN_K: gl.constexpr,
+def _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP: gl.constexpr, EVEN_K: gl.constexpr,
               RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
               L3: gl.constexpr):
-    """The words, scales and packed zero points of tile (column tile nt, K chunk kc)."""
+    """The words, scales and packed zero points of tile (column tile nt, K chunk kc), whose columns
+    are ``rows_c`` and ``rows_s`` (``_row_rows``)."""
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
     tw_l: gl.constexpr = gl.SliceLayout(0, L3)
     BN: gl.constexpr = RPT * (32 // TK) * W
-    rows, rows_c, rows_s = _row_rows(nt, N, BN, RPT, VEC, nt_l)
     j0 = kc * (WPT * TK)
     jw = j0 + gl.arange(0, TK, layout=gl.SliceLayout(1, tw_l))[:, None] * WPT + \
         gl.arange(0, WPT, layout=gl.SliceLayout(0, tw_l))[None, :]  # (TK, WPT) word index along the row
@@ -420,25 +427,22 @@ def _row_load(q_ptr, qz_ptr, s_ptr, nt, kc, N, K, k8, GROUP: gl.constexpr, EVEN_
 
 
 @gluon.jit
-def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, nt, kc, N, k8, MMA: gl.constexpr, HAS_BIAS: gl.constexpr,
-              RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
+def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA: gl.constexpr,
+              HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr,
               L3: gl.constexpr):
-    """Tile (nt, kc)'s partial sums, added into the zeroed fp32 output (the bias by K chunk 0)."""
+    """The partial sums of K chunk kc for the columns ``rows`` (``_row_rows``), added into the zeroed
+    fp32 output (the bias by K chunk 0)."""
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
     BN: gl.constexpr = RPT * (32 // TK) * W
-    rows, rows_c, rows_s = _row_rows(nt, N, BN, RPT, VEC, nt_l)
-    zsh = (((rows_c & 7) >> 1) << 2) | ((rows_c & 1) << 4)  # zeros keep the GEMM layout's nibble order
-    z = (zw >> zsh[:, None]) & 0xF
+    z = (zw >> _zero_shift(rows_c)[:, None]) & 0xF
     # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
     nb1 = z * 0x10001 - 469703680  # + 0xE400E400
     nb2 = z * 0x100010 - 738143232  # + 0xD400D400
     jx = kc * (WPT * TK) + WPT * gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l))
     xm = jx < k8
     zero2 = gl.zeros([BN, TK], gl.int32, nt_l)
-    if WPT == 4:
-        xq, m = _x_quad(x32_ptr, jx, xm, MMA)
-    else:
-        xq, m = _x_quad(x32_ptr, jx, xm, MMA)
+    xq, m = _x_quad(x32_ptr, jx, xm, MMA)
+    if WPT == 8:
         xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
         m = _max_h2(m, m2)
     hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
@@ -474,12 +478,15 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     L3: gl.constexpr = gl.BlockedLayout([RPT, 1, WPT], [32 // TK, TK, 1], [W, 1, 1], [2, 1, 0])
     nt = gl.program_id(0)
     kc = gl.program_id(1)
-    words, s, zw = _row_load(q_ptr, qz_ptr, s_ptr, nt, kc, N, K, k8, GROUP, EVEN_K, RPT, WPT, TK, W, VEC, L3)
+    rows, rows_c, rows_s = _row_rows(nt, N, RPT * (32 // TK) * W, RPT, VEC, gl.SliceLayout(2, L3))
+    words, s, zw = _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP, EVEN_K, RPT, WPT, TK, W,
+                             VEC, L3)
     _barrier()
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, nt, kc, N, k8, MMA, HAS_BIAS, RPT, WPT, TK, W, VEC, L3)
+    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA, HAS_BIAS, RPT, WPT, TK, W,
+              L3)
 
 
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -554,7 +561,7 @@ def _gemm_rows(n0, N, k8, BLOCK_N: gl.constexpr, WORD_L: gl.constexpr):
     rows = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=n_l), N - 1)
     tj = (gl.arange(0, 4, layout=t_l) * 4)[None, :, None] + gl.arange(0, 2, layout=j_l)[None, None, :]
     wofs = gl.max_contiguous(gl.multiple_of(rows[:, None, None] * k8 + tj, [1, 1, 2]), [1, 1, 2])
-    zsh = (((rows & 7) >> 1) << 2) | ((rows & 1) << 4)
+    zsh = _zero_shift(rows)
     magic = gl.full([BLOCK_N, 4, 2], 0x64006400, gl.int32, WORD_L)
     zero3 = gl.zeros([BLOCK_N, 4, 2], gl.int32, WORD_L)
     return rows, wofs, zsh, magic, zero3
