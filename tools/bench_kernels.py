@@ -13,7 +13,7 @@ so L2 serves none), median µs per call of 20 replays, for every path including 
 decode kernel's configuration is tuned that way in the same run. Prefill rows are CUDA-graph
 medians too, over 4 weight copies. Then the three fastest paths, fp16 and int4mm are timed again
 in 8 rounds (int4mm first, the others in rotated order) and the medians are reported, the path
-chosen by them: at M=2048 a GEMM timed right after another runs up to 15 % slower than one timed
+chosen by them: at M=2048 a GEMM timed right after another runs up to 20 % slower than one timed
 right after the slow int4mm (clocks under the power draw), enough to move a ratio across a bar.
 Bandwidth counts the 4-bit
 weights + scales + zeros + activations in and out; the device-to-device copy bandwidth and a
@@ -370,7 +370,7 @@ def main() -> None:
                             print(f"  FAIL {name} {label} M={m}: rel err {errs[label]:.2e}", flush=True)
             cands = {label: t() for label, t in timers.items()}
             # The best FINALISTS and fp16 timed again in ROUNDS rounds, medians reported, the path chosen by
-            # them: at M=2048 a kernel timed just after another big GEMM runs up to 15 % slower than one timed
+            # them: at M=2048 a kernel timed just after another big GEMM runs up to 20 % slower than one timed
             # just after int4mm (clocks under the power draw), so one timing of each can decide a ratio near
             # a bar. Each round: int4mm (slow and cool at M=2048) first, then the others in a rotated order,
             # so that each stands at every position equally often.
