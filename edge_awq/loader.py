@@ -81,8 +81,9 @@ def load_shards(folder: Path, device: torch.device | str, dtype: torch.dtype,
     folder = Path(folder)
     device = torch.device(device)
     settings = settings or KernelSettings()
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0):
-        settings = replace(settings, pdl=True)  # programmatic dependent launch: sm_90 and newer
+    # programmatic dependent launch where the GPU has it (sm_90 and newer), unless the settings say no
+    has_pdl = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    settings = replace(settings, pdl=has_pdl and settings.pdl is not False)
     if not (folder / MANIFEST).exists():
         raise EdgeAwqError(f"{folder}: no {MANIFEST}; make a shard folder with `edge-awq split`")
     m, cfg, qcfg = open_folder(folder)

@@ -70,7 +70,9 @@ class KernelSettings:
     dot_stages: int = 3
     dot_programs_per_sm: int = 4
     prefill_chunk_n: int = 0  # 0: dequantize the whole layer before the matmul
-    pdl: bool = False  # one-row kernels launch as programmatic dependents (sm_90+; set by the runtime)
+    # one-row kernels launch as programmatic dependents: None or True = where the GPU has it (sm_90+;
+    # load_shards decides), False = never (a profile's [kernels] can say so)
+    pdl: bool | None = None
     mma_order: str = "auto"  # "auto": group-128 layers in the mma order where Gluon runs; "off": K-major
     mma_block_n: int = 128
     mma_warps: int = 4
@@ -238,13 +240,13 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             y = out if out is not None else torch.zeros(1, n, dtype=torch.float32, device=x2.device)
             _gluon_module().row_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
                                      rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
-                                     warps=s.row_gluon_warps, pdl=s.pdl)
+                                     warps=s.row_gluon_warps, pdl=bool(s.pdl))
             if acc is None:
                 y = y.to(x2.dtype)
         elif m == 1 and s.row_kernel == "row":
             y = tw.gemv_row(x2, qk, layer.qzeros, layer.scales, layer.bias, g, scratch.workspace, scratch.counters,
                             block_n=s.row_block_n, chunk_k=s.row_chunk_k, num_warps=s.row_warps, h2=s.row_h2, out=out,
-                            accumulate=acc is not None, pdl=s.pdl, gated=gated, mma=mma)
+                            accumulate=acc is not None, pdl=bool(s.pdl), gated=gated, mma=mma)
         elif mma and m > 1 and x2.dtype != torch.bfloat16:
             _announce("triton", "2-16 rows: the Gluon kernel on the mma order")
             xd = x2 if x2.dtype == torch.float16 else x2.to(torch.float16)

@@ -28,18 +28,21 @@ def shards(request, tmp_path_factory):
 NEAR_SWITCH = SHORT_CONTEXT - 10  # a prompt whose decode crosses into the long-context attention graph
 
 
-@pytest.mark.parametrize("graphs,prompt_len,row_kernel", [(True, 37, "row"), (False, 37, "row"),
-                                                       (True, NEAR_SWITCH, "row"), (True, NEAR_SWITCH, "dot")])
-def test_fused_decode_matches_eager(shards, graphs, prompt_len, row_kernel):
+@pytest.mark.parametrize("graphs,prompt_len,row_kernel,pdl", [
+    (True, 37, "row", None), (False, 37, "row", None), (True, NEAR_SWITCH, "row", None),
+    (True, NEAR_SWITCH, "dot", None), (True, 37, "row", False)])
+def test_fused_decode_matches_eager(shards, graphs, prompt_len, row_kernel, pdl):
     """NEAR_SWITCH + 20 tokens cross from the short-context attention graph to the long one; the
-    tensor-core kernel serves one row too."""
+    tensor-core kernel serves one row too; ``pdl=False`` in the settings turns programmatic
+    dependent launch off (the loader turns it on only where it is not)."""
     torch.manual_seed(0)
     prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
-    settings = KernelSettings(row_kernel=row_kernel)
+    settings = KernelSettings(row_kernel=row_kernel, pdl=pdl)
     fast = Engine(load_shards(shards, "cuda", torch.float16, settings), 1024, torch.float16, cuda_graphs=graphs)
     eager = Engine(load_shards(shards, "cuda", torch.float16), 1024, torch.float16)
     eager.fast = eager.use_graph = False
     assert fast.fast and fast.use_graph == graphs
+    assert fast.pdl is (pdl is None and torch.cuda.get_device_capability() >= (9, 0))
     a, b = fast.prefill(prompt), eager.prefill(prompt)
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)  # prefill is the same code
     for tok in torch.randint(0, 49152, (20,)).tolist():  # teacher-forced: the same inputs at every step

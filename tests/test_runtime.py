@@ -39,6 +39,7 @@ def test_engine_matches_the_reference_generation(shards):
     ref = list(generate_tokens(ref_model, prompt, SamplingParams(max_new_tokens=12), eos))
     loaded = load_shards(shards, "cpu", torch.float32, KernelSettings())
     assert loaded.model.model.layers[0].self_attn.qkv_proj is not None  # fused
+    assert loaded.settings.pdl is False  # no programmatic dependent launch off sm_90
     engine = Engine(loaded, 128, torch.float32)
     out = list(engine.generate(prompt, SamplingParams(max_new_tokens=12), eos))
     assert out == ref

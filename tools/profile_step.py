@@ -29,7 +29,7 @@ def parse_variant(text: str) -> dict:
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, value = item.split("=", 1)
         kind = types[key]
-        out[key] = (value.lower() in ("1", "true", "yes")) if kind in ("bool", bool) else (
+        out[key] = (value.lower() in ("1", "true", "yes")) if "bool" in str(kind) else (
             int(value) if kind in ("int", int) else value)
     return out
 
