@@ -59,8 +59,8 @@ class KernelSettings:
     row_h2: bool = True  # gemv_row's half2 products (fp16 on the GPU); False: fp32 FMAs
     row_gluon: bool = True  # one fp16 row (not a gated input) on the Gluon kernel where Gluon imports
     # its tile (gluon_w4a16.row_gemv: rpt, wpt, tk, warps). 8 columns per thread, not the 4 that time
-    # best alone: with 4 (16-column programs) the 7B decode step took 2.48 ms against 1.95 (H100,
-    # tools/profile_step.py; docs/kernel-notes.md, 43)
+    # best alone: with 4 (16-column programs) and programmatic dependent launch the 7B decode step took
+    # 2.47 ms against 2.00 (H100, tools/profile_step.py; docs/kernel-notes.md, 43, 47, 50)
     row_columns_per_thread: int = 8
     row_words_per_thread: int = 4
     row_k_threads: int = 8
