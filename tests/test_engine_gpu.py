@@ -33,8 +33,8 @@ NEAR_SWITCH = SHORT_CONTEXT - 10  # a prompt whose decode crosses into the long-
     (True, NEAR_SWITCH, "dot", None), (True, 37, "row", False)])
 def test_fused_decode_matches_eager(shards, graphs, prompt_len, row_kernel, pdl):
     """NEAR_SWITCH + 20 tokens cross from the short-context attention graph to the long one; the
-    tensor-core kernel serves one row too; ``pdl=False`` in the settings turns programmatic
-    dependent launch off (the loader turns it on only where it is not)."""
+    tensor-core kernel serves one row too; ``pdl=False`` in the settings keeps programmatic
+    dependent launch off, which the loader otherwise turns on where the GPU has it (sm_90+)."""
     torch.manual_seed(0)
     prompt = torch.randint(0, 49152, (prompt_len,)).tolist()
     settings = KernelSettings(row_kernel=row_kernel, pdl=pdl)
