@@ -158,12 +158,15 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp:
     dead = torch.diag(h) == 0  # channels never active: any weight there is free, so zero it
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += torch.eye(k, device=h.device) * (damp * torch.diag(h).mean())
+    h.diagonal().add_(damp * torch.diag(h).mean())  # in place: an identity matrix would be a third K×K
     # Upper Cholesky factor of H⁻¹: row i holds the error-propagation weights of column i. One step
-    # at a time, so that at most two K×K matrices are alive (K = 8960: 320 MB each).
-    hinv = torch.linalg.cholesky(h)
+    # at a time, so that at most two K×K matrices of ours are alive (K = 8960: 320 MB each).
+    factor = torch.linalg.cholesky(h)
     del h
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(hinv), upper=True)
+    inverse = torch.cholesky_inverse(factor)
+    del factor
+    hinv = torch.linalg.cholesky(inverse, upper=True)
+    del inverse
     q = torch.empty(n, k, dtype=torch.uint8, device=w.device)
     scale = torch.empty(n, k // group_size, device=w.device)
     zero = torch.empty(n, k // group_size, device=w.device)
