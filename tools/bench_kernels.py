@@ -17,8 +17,9 @@ chosen by them: at M=2048 a GEMM timed right after another runs up to 20 % slowe
 right after the slow int4mm (clocks under the power draw), enough to move a ratio across a bar.
 Bandwidth counts the 4-bit weights + scales + zeros + activations in and out; the device-to-device
 copy bandwidth and a read-only probe (the decode tiling with no arithmetic: what its loads alone
-reach) are measured in the same run. Every configuration is checked against an fp64 reference on fresh random inputs,
-output poisoned with NaN first; one that fails is not timed. Prints a markdown table last.
+reach) are measured in the same run. Every configuration is checked against an fp64 reference
+on fresh random inputs, output poisoned with NaN first; one that fails is not timed. Prints a
+markdown table last.
 
 The weights are in the layout the runtime picks (``--layout auto``: the mma order where the Gluon
 kernel runs, which then serves 2–16 rows; ``kmajor`` to compare).
