@@ -489,6 +489,11 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
               L3)
 
 
+def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
+    """A one-row program's (columns, k): ``rpt``·(32/``tk``)·``warps`` columns × 8·``wpt``·``tk`` k."""
+    return rpt * (32 // tk) * warps, 8 * wpt * tk
+
+
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
              tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False) -> torch.Tensor:
@@ -500,7 +505,7 @@ def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     n = scales.shape[1]
     assert m == 1 and x.dtype == torch.float16 and x.is_contiguous() and k % 32 == 0 and group_size >= 8 * wpt
     assert qweight_k.shape == (n, k // 8) and out.dtype == torch.float32 and (not mma or group_size == 128)
-    bn, ck = rpt * (32 // tk) * warps, 8 * wpt * tk
+    bn, ck = row_tile(rpt, tk, warps, wpt)
     _row_kernel[(triton.cdiv(n, bn), triton.cdiv(k, ck))](
         x.view(torch.int32), qweight_k, qzeros, scales, bias if bias is not None else scales, out, n, k, k // 8,
         GROUP=group_size, MMA=mma, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt, TK=tk, W=warps,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import re
 import subprocess
 import tempfile
@@ -96,7 +97,7 @@ def main() -> None:
     if a.kind == "gluon-row":  # the Gluon one-row kernel, mma order, group 128
         from edge_awq.kernels import gluon_w4a16 as gk
         k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt)
-        weights = a.rpt * (32 // a.tk) * a.warps * 8 * a.wpt * a.tk
+        weights = math.prod(gk.row_tile(a.rpt, a.tk, a.warps, a.wpt))
     else:
         src, weights = build(a.kind, a)
         k = compile(src, target=GPUTarget("cuda", a.arch, 32), options={"num_warps": a.warps, "num_stages": a.stages})
