@@ -78,14 +78,21 @@ def ensure_model(name: str) -> Path:
     if (target / "config.json").exists():
         return target
     model = MODELS[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        convert_gguf(_gguf_path(model, Path(tmp)), target)
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF language model into a bf16 HF folder ``target`` (written under a temporary
+    name beside it and renamed when complete)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        work = Path(tmp)
-        gguf = _gguf_path(model, work)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
         log.info("converting %s to a bf16 HF folder (once)", gguf)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -94,12 +101,11 @@ def ensure_model(name: str) -> Path:
         lm.is_quantized = False
         if hasattr(lm.config, "quantization_config"):
             del lm.config.quantization_config
-        out = work / "hf"
+        out = Path(tmp) / "hf"
         lm.to(torch.bfloat16).save_pretrained(out)
         tok.save_pretrained(out)
         del lm
-        out.rename(work / "done")
-        shutil.move(str(work / "done"), str(target))
+        shutil.move(str(out), str(target))
     return target
 
 

@@ -124,7 +124,8 @@ def eval_cmd(model_dirs, text, seqlen, max_windows, device, as_json):
         for d in model_dirs:
             r = perplexity(d, body, seqlen, max_windows, device=device, progress=Bar(f"eval {d.name}"))
             rows.append({"model": str(d), "ppl": r.ppl, "windows": r.windows, "seqlen": r.seqlen,
-                         "tokens": r.tokens, "seconds": round(r.seconds, 1), "peak_rss_bytes": r.peak_rss_bytes})
+                         "tokens": r.tokens, "seconds": round(r.seconds, 1), "peak_rss_bytes": r.peak_rss_bytes,
+                         "window_nll": r.window_nll})
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:

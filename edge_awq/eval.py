@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from edge_awq.kernels.dispatch import KernelSettings
+from edge_awq.kernels.quant_linear import QuantLinear
+
 from .errors import EdgeAwqError
 from .memory import peak_rss_bytes
 from .model import load_model
@@ -29,6 +32,7 @@ class PerplexityResult:
     tokens: int
     seconds: float
     peak_rss_bytes: int
+    window_nll: tuple[float, ...]  # summed next-token NLL of each window, in text order
 
 
 def load_eval_text(spec: str) -> str:
@@ -62,15 +66,20 @@ def perplexity(model_dir: Path, text: str, seqlen: int = 2048, max_windows: int 
     if n == 0:
         raise EdgeAwqError(f"eval text has {ids.numel()} tokens, fewer than one window of {seqlen}")
     model = load_model(model_dir).to(device)
-    nll, count = 0.0, 0
+    # The measure is the torch reference W4A16 linear on any device: the layers stay in the
+    # checkpoint's GEMM layout, which the GPU kernels would first have to be laid out for.
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.kernel_settings = KernelSettings(backend="reference")
+    nlls = []
     with torch.no_grad():
         for w in range(n):
             if progress:
                 progress(w, n, f"window {w}")
             window = ids[w * seqlen:(w + 1) * seqlen].to(device)[None]
             logits = model(window, dtype=dtype)[0, :-1]
-            nll += F.cross_entropy(logits.float(), window[0, 1:], reduction="sum").item()
-            count += seqlen - 1
+            nlls.append(F.cross_entropy(logits.float(), window[0, 1:], reduction="sum").item())
     if progress:
         progress(n, n, "done")
-    return PerplexityResult(math.exp(nll / count), n, seqlen, n * seqlen, time.perf_counter() - t0, peak_rss_bytes())
+    return PerplexityResult(math.exp(sum(nlls) / (n * (seqlen - 1))), n, seqlen, n * seqlen, time.perf_counter() - t0,
+                            peak_rss_bytes(), tuple(nlls))

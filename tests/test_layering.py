@@ -23,7 +23,7 @@ ALLOWED = {
     "footprint": {"config", "profiles", "shards", "weights"},
     "generate": {"model"},
     "quantize": {"awq", "calibration", "config", "families", "memory", "model", "pack", "quant", "weights"},
-    "eval": {"model", "memory", "assets"},
+    "eval": {"model", "memory", "assets", "kernels"},
     "stream": set(),
     "loader": {"config", "kernels", "memory", "model", "plan", "shards", "stream", "weights"},
     "engine": {"generate", "kernels", "loader", "model", "stream"},
