@@ -27,6 +27,14 @@ def test_quantize_then_eval(tmp_path, tiny):
     rows = json.loads(r.stdout)
     assert [row["windows"] for row in rows] == [2, 2]
     assert all(math.isfinite(row["ppl"]) and row["ppl"] > 1 for row in rows)
+    # each window's NLL, so that a benchmark can report a prefix of the same pass
+    for row in rows:
+        assert len(row["window_nll"]) == 2
+        assert row["ppl"] == pytest.approx(math.exp(sum(row["window_nll"]) / (2 * 255)), rel=1e-12)
+    r = CliRunner().invoke(main, ["eval", str(out), "--text", "pydoc", "--seqlen", "256", "--max-windows", "1",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["window_nll"] == rows[1]["window_nll"][:1]
 
 
 def test_eval_errors(tmp_path, tiny):
