@@ -28,3 +28,18 @@ def test_fake_quantize_is_idempotent_and_uses_16_levels():
 def test_group_must_divide_in_features():
     with pytest.raises(ValueError, match="not a multiple"):
         quantize(torch.randn(4, 96), 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fake_quantize_is_dequantize_of_quantize_bit_for_bit(dtype):
+    # fake_quantize is computed in place for speed; the search must see exactly what gets packed
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 512, generator=gen) * torch.logspace(-6, 1, 64)[:, None]
+    w[0, :128] = 0  # an all-zero group
+    w[1] = w[1].abs()  # groups without negative weights
+    w[2] = -w[2].abs()
+    w = w.to(dtype)
+    for group in (32, 64, 128):
+        expect = dequantize(*quantize(w, group), group).to(dtype)
+        got = fake_quantize(w, group)
+        assert got.dtype == dtype and torch.equal(got, expect)
