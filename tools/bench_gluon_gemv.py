@@ -1,6 +1,8 @@
 """Experiment (kernel-notes 51), not in the dispatch: a one-shot tensor-core GEMV for 1–16 rows on
 the mma order. Codes become 1024 + q by one shift and one LOP3 per pair; the zero point and the scale
 are applied to each 128-k span's fp32 MMA sums, Σ(q − z)·s·x = s·(Σ(1024 + q)·x − (1024 + z)·Σx).
+A third fewer instructions per weight than ``mma_rows`` but slower on the H100 (qkv M=16 17.5 against
+15.3 µs): see the notes.
 
     python tools/bench_gluon_gemv.py sass 128 4 4      # SASS count per weight, no GPU needed
     python tools/bench_gluon_gemv.py bench             # GPU: errors vs fp64, graph-replay µs against
