@@ -32,7 +32,8 @@ def test_group_must_divide_in_features():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fake_quantize_is_dequantize_of_quantize_bit_for_bit(dtype):
-    # fake_quantize is computed in place for speed; the search must see exactly what gets packed
+    # fake_quantize is computed in place for speed; the search must see exactly what gets packed.
+    # The expectation is written out here, independently of quant.py's helpers.
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(64, 512, generator=gen) * torch.logspace(-6, 1, 64)[:, None]
     w[0, :128] = 0  # an all-zero group
@@ -40,6 +41,14 @@ def test_fake_quantize_is_dequantize_of_quantize_bit_for_bit(dtype):
     w[2] = -w[2].abs()
     w = w.to(dtype)
     for group in (32, 64, 128):
-        expect = dequantize(*quantize(w, group), group).to(dtype)
+        g = w.float().reshape(64, -1, group)
+        scale = ((g.amax(-1).clamp(min=0) - g.amin(-1).clamp(max=0)).clamp(min=1e-5) / 15).half().float()
+        zero = (-torch.round(g.amin(-1).clamp(max=0) / scale)).clamp(0, 15)
+        q = (torch.round(g / scale[..., None]) + zero[..., None]).clamp(0, 15)
+        expect = ((q - zero[..., None]) * scale[..., None]).reshape(w.shape).to(dtype)
+        got_q, got_scale, got_zero = quantize(w, group)
+        assert torch.equal(got_q, q.reshape(w.shape).to(torch.uint8)) and torch.equal(got_scale, scale)
+        assert torch.equal(got_zero, zero.to(torch.uint8))
         got = fake_quantize(w, group)
         assert got.dtype == dtype and torch.equal(got, expect)
+        assert torch.equal(got, dequantize(got_q, got_scale, got_zero, group).to(dtype))
