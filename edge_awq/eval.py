@@ -35,6 +35,11 @@ class PerplexityResult:
     window_nll: tuple[float, ...]  # summed next-token NLL of each window, in text order
 
 
+def window_perplexity(window_nll: list[float] | tuple[float, ...], seqlen: int) -> float:
+    """exp(mean next-token NLL) from the summed NLL of each ``seqlen``-token window (seqlen − 1 targets each)."""
+    return math.exp(sum(window_nll) / (len(window_nll) * (seqlen - 1)))
+
+
 def load_eval_text(spec: str) -> str:
     """``bbc-tech`` (installed corpus), ``pydoc`` (CPython topics), or a path to a .txt file."""
     if spec == "bbc-tech":
@@ -81,5 +86,5 @@ def perplexity(model_dir: Path, text: str, seqlen: int = 2048, max_windows: int 
             nlls.append(F.cross_entropy(logits.float(), window[0, 1:], reduction="sum").item())
     if progress:
         progress(n, n, "done")
-    return PerplexityResult(math.exp(sum(nlls) / (n * (seqlen - 1))), n, seqlen, n * seqlen, time.perf_counter() - t0,
+    return PerplexityResult(window_perplexity(nlls, seqlen), n, seqlen, n * seqlen, time.perf_counter() - t0,
                             peak_rss_bytes(), tuple(nlls))

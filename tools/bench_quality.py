@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +28,8 @@ def run(cmd: list[str]) -> None:
 
 def prefix_ppl(row: dict, windows: int) -> float:
     """Perplexity over the first ``windows`` windows of an eval row (its per-window NLL sums)."""
-    nll = row["window_nll"][:windows]
-    return math.exp(sum(nll) / (len(nll) * (row["seqlen"] - 1)))
+    from edge_awq.eval import window_perplexity
+    return window_perplexity(row["window_nll"][:windows], row["seqlen"])
 
 
 def main() -> None:

@@ -12,7 +12,6 @@
 # sha256, converts the GGUF once, then runs tools/bench_quality.py --device cuda with the given
 # arguments; its results and the runs' reports come back under $OUT.
 set -euo pipefail
-GGUF_SHA256=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 PIECES=/tmp/gguf
 receive() {
   mkdir -p $PIECES
@@ -28,6 +27,7 @@ case "${1:-}" in
     [ -f /tmp/qwen-hf/config.json ] || [ -f /tmp/qwen.gguf ] || receive
     . tools/device_env.sh  # installs edge-awq into /tmp/site; REPO, W; cwd /tmp
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site $REPO/.whl/*.whl
+    GGUF_SHA256=$(python3 -c "from edge_awq.assets import MODELS; print(MODELS['qwen2.5-coder-1.5b'].sha256)")
     model=/tmp/qwen-hf
     if [ ! -f $model/config.json ]; then
       if [ ! -f /tmp/qwen.gguf ]; then
