@@ -1,12 +1,12 @@
-"""Experiment (kernel-notes 51), not in the dispatch: a one-shot tensor-core GEMV for 1–16 rows on
+"""Experiment (kernel-notes 51–52), not in the dispatch: a one-shot tensor-core GEMV for 1–16 rows on
 the mma order. Codes become 1024 + q by one shift and one LOP3 per pair; the zero point and the scale
 are applied to each 128-k span's fp32 MMA sums, Σ(q − z)·s·x = s·(Σ(1024 + q)·x − (1024 + z)·Σx).
-A third fewer instructions per weight than ``mma_rows`` but slower on the H100 (qkv M=16 17.5 against
-15.3 µs): see the notes. ``_mma_gemv4_kernel`` (notes 52) issues all four spans' loads before one
-barrier: 8–10 % faster on gate_up, still slower than ``mma_rows``.
+Four spans per program, every load issued and x staged for all four before one barrier (52; the
+per-span-barrier version of 51 is in the tree at commit 0633e03). A third fewer instructions per
+weight than ``mma_rows`` but slower on the H100 (gate_up 22016 M=16 28.0 against 25.2 µs): see the
+notes.
 
-    python tools/bench_gluon_gemv.py sass 128 4 4      # SASS count per weight, no GPU needed
-    python tools/bench_gluon_gemv.py sass 128 4 0      # the same for the all-loads-up-front kernel
+    python tools/bench_gluon_gemv.py sass 128 4        # SASS count per weight (columns, warps), no GPU
     python tools/bench_gluon_gemv.py bench             # GPU: errors vs fp64, graph-replay µs against
                                                        # mma_rows, the one-row kernel and fp16 matmul
 """
@@ -48,53 +48,6 @@ def _b_raw(words, magic, BLOCK_N: gl.constexpr, b_l: gl.constexpr):
 
 
 @gluon.jit
-def _mma_gemv_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_xm, stride_ym,
-                     HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr, WORD_L: gl.constexpr,
-                     SPANS: gl.constexpr):
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    n_l: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, WORD_L))
-    t_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, WORD_L))
-    j_l: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, WORD_L))
-    x_l: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [W, 1], [1, 0])
-    sp0 = gl.program_id(1) * SPANS
-    n0 = gl.program_id(0) * BLOCK_N
-    cols = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=n_l), N - 1)
-    tj = (gl.arange(0, 4, layout=t_l) * 4)[None, :, None] + gl.arange(0, 4, layout=j_l)[None, None, :]
-    ofs = gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
-    am = gl.arange(0, 16, layout=gl.SliceLayout(1, x_l))
-    ak = gl.arange(0, SPAN, layout=gl.SliceLayout(0, x_l))
-    xofs = am[:, None] * stride_xm + ak[None, :]
-    xmask = (am < M)[:, None] & (ak < SPAN)[None, :]
-    yn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-    ync = gl.minimum(yn, N - 1)
-    zsh = _zero_shift(ync)
-    x_smem = gl.allocate_shared_memory(gl.float16, [SPANS, 16, SPAN], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
-    magic = gl.full([BLOCK_N, 4, 4], 0x64006400, gl.int32, WORD_L)
-    total = gl.zeros([16, BLOCK_N], gl.float32, mma)
-    for i in gl.static_range(SPANS):
-        sp = sp0 + i
-        words = gl.load(qm_ptr + ofs + sp * (SPAN // 8), eviction_policy="evict_first")
-        x = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
-        zw = gl.load(qz_ptr + sp * (N // 8) + ync // 8)
-        s = gl.load(s_ptr + sp * N + ync).to(gl.float32)
-        x_smem.index(i).store(x)
-        xsum = gl.convert_layout(gl.sum(x.to(gl.float32), axis=1), gl.SliceLayout(1, mma))
-        b = _b_raw(words, magic, BLOCK_N, b_l)
-        _barrier()
-        acc = mma_v2(x_smem.index(i).load(a_l), b, gl.zeros([16, BLOCK_N], gl.float32, mma))
-        z = ((zw >> zsh) & 0xF).to(gl.float32)
-        total += (acc - (1024.0 + z)[None, :] * xsum[:, None]) * s[None, :]
-    if HAS_BIAS:
-        bias = gl.load(b_ptr + ync).to(gl.float32)
-        total += bias[None, :] * (sp0 == 0).to(gl.float32)
-    ym = gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
-    gl.atomic_add(y_ptr + ym[:, None] * stride_ym + yn[None, :], total,
-                  mask=(ym < M)[:, None] & (yn < N)[None, :], sem="relaxed")
-
-
-@gluon.jit
 def _span_sum(words, zw, s, xsum, xs, magic, zsh, BLOCK_N: gl.constexpr, a_l: gl.constexpr,
               b_l: gl.constexpr, mma: gl.constexpr):
     acc = mma_v2(xs.load(a_l), _b_raw(words, magic, BLOCK_N, b_l), gl.zeros([16, BLOCK_N], gl.float32, mma))
@@ -105,8 +58,8 @@ def _span_sum(words, zw, s, xsum, xs, magic, zsh, BLOCK_N: gl.constexpr, a_l: gl
 @gluon.jit
 def _mma_gemv4_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_xm, stride_ym,
                       HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr, WORD_L: gl.constexpr):
-    """The kernel above with its four spans' loads all issued and all x staged before one barrier
-    (the untested explanation of kernel-notes 51: a barrier per span serialised the spans' loads)."""
+    """Four spans of BLOCK_N columns: every load first, x staged for all spans, one barrier, then the
+    spans' MMAs (kernel-notes 51 had a barrier per span, which serialised the spans' loads)."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -179,39 +132,27 @@ def mma_gemv4(x, qweight_m, qzeros, scales, bias, out, block_n=128, warps=4):
     return out
 
 
-def mma_gemv(x, qweight_m, qzeros, scales, bias, out, block_n=32, warps=1, spans=4):
-    m, k = x.shape
-    n = scales.shape[1]
-    grid = (triton.cdiv(n, block_n), k // 128 // spans)
-    _mma_gemv_kernel[grid](x, qweight_m, qzeros, scales, bias if bias is not None else scales, out, m, n, k, k // 8,
-                           x.stride(0), out.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n, W=warps,
-                           WORD_L=word_layout(block_n, warps), SPANS=spans, num_warps=warps)
-    return out
-
-
-def compile_for(capability, block_n=32, warps=1, spans=4):
+def compile_for(capability, block_n=128, warps=4):
     from triton.backends.compiler import GPUTarget
-    upfront = spans == 0  # 0: the four-span kernel with every load up front
     src = gluon._runtime.GluonASTSource(
-        fn=_mma_gemv4_kernel if upfront else _mma_gemv_kernel,
+        fn=_mma_gemv4_kernel,
         signature={"x_ptr": "*fp16", "qm_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "k8": "i32", "stride_xm": "i32",
                    "stride_ym": "i32"},
-        constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps),
-                    **({} if upfront else {"SPANS": spans})},
+        constexprs={"HAS_BIAS": True, "BLOCK_N": block_n, "W": warps, "WORD_L": word_layout(block_n, warps)},
         attrs={(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
 
 
-def sass(block_n: int, warps: int, spans: int) -> None:
-    k = compile_for(90, block_n, warps, spans)
+def sass(block_n: int, warps: int) -> None:
+    k = compile_for(90, block_n, warps)
     ops = collections.Counter()
     for line in k.asm["sass"].splitlines():
         m = re.match(r"\s*(?:/\*[0-9a-f]+\*/)?\s*(?:[-0-9a-fY:]+\t)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\s;]", line)
         if m:
             ops[m.group(1)] += 1
-    per = 32 * warps / (block_n * SPAN.value * (spans or 4))
-    print(f"block_n {block_n} warps {warps} spans {spans}: {sum(ops.values()) * per:.2f} instructions per weight, "
+    per = 32 * warps / (block_n * SPAN.value * 4)
+    print(f"block_n {block_n} warps {warps}: {sum(ops.values()) * per:.2f} instructions per weight, "
           f"shared {k.metadata.shared} B")
     for op, c in ops.most_common(12):
         print(f"  {op:8s} {c * per:.3f}")
@@ -234,7 +175,6 @@ def bench() -> None:
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = {"qkv": (4096, 12288), "gate_up": (4096, 22016), "down": (11008, 4096)}
-    cfgs = [(128, 4, 4)]
     for name, (k, n) in shapes.items():
         t = pack_linear(*quantize(torch.randn(n, k, device="cuda") * 0.02, 128))
         qz, sc = t["qzeros"], t["scales"]
@@ -246,10 +186,8 @@ def bench() -> None:
         for m in (1, 4, 16):
             x = torch.randn(m, k, device="cuda").half()
             ref = x.double() @ wdeq
-            kernels = {f"gemv {bn}/{wp}/{sp}": partial(mma_gemv, block_n=bn, warps=wp, spans=sp)
-                       for bn, wp, sp in cfgs if (k // 128) % sp == 0}
-            kernels.update({f"upfront {bn}/{wp}": partial(mma_gemv4, block_n=bn, warps=wp)
-                            for bn, wp in ((128, 4), (64, 2), (32, 1)) if (k // 128) % 4 == 0})
+            kernels = {f"gemv {bn}/{wp}": partial(mma_gemv4, block_n=bn, warps=wp)
+                       for bn, wp in ((128, 4), (64, 2), (32, 1)) if (k // 128) % 4 == 0}
             kernels["mma_rows"] = partial(gk.mma_rows, target_programs=3 * sms)
             if m == 1:
                 kernels["row_gemv"] = partial(gk.row_gemv, group_size=128, mma=True, rpt=8, wpt=4, tk=8, warps=1)
@@ -268,6 +206,6 @@ def bench() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "sass":
-        sass(*(int(a) for a in sys.argv[2:5]))
+        sass(*(int(a) for a in sys.argv[2:4]))
     else:
         bench()
