@@ -82,9 +82,11 @@ def _run(fn):
 @click.option("--rounding", type=click.Choice(["nearest", "gptq"]), default="nearest", show_default=True,
               help="Final codes by round-to-nearest, or by GPTQ's error-compensating rounding on the "
                    "calibration inputs (after the AWQ scales and clips).")
+@click.option("--quantized-inputs", is_flag=True,
+              help="Calibrate each block on the quantized previous blocks' outputs, not the FP model's.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, samples, sample_tokens,
-             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, refit, rounding, device):
+             block_tokens, max_blocks, seed, clip, no_clip, duo_scaling, refit, rounding, quantized_inputs, device):
     """Quantize the HF model in MODEL_DIR to an INT4 AWQ checkpoint in OUT_DIR (resumable)."""
     import torch
 
@@ -96,7 +98,7 @@ def quantize(model_dir, out_dir, method, group_size, calib_source, calib_field, 
         calib = CalibConfig(calib_source, samples, sample_tokens, block_tokens, max_blocks, seed, calib_field)
         opts = QuantizeOptions(method=method, group_size=group_size, calib=calib, device=dev,
                                clip="none" if no_clip else clip, duo_scaling=duo_scaling, refit=refit,
-                               rounding=rounding)
+                               rounding=rounding, quantized_inputs=quantized_inputs)
         r = quantize_model(model_dir, out_dir, opts, progress=Bar("quantize"))
         q = r["quantization_config"]
         click.echo(f"{method.upper()} w{q['bits']} g{q['group_size']} → {out_dir}: {fmt_bytes(r['total_bytes'])} "

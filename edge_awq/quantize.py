@@ -41,8 +41,8 @@ from .errors import EdgeAwqError
 from .families import LINEAR_NAMES, ScaleGroup
 from .memory import peak_device_bytes, peak_rss_bytes
 from .model import Attention, Block, RMSNorm, block_prefix, load_block, rope_cos_sin, rope_inv_freq
-from .pack import pack_linear
-from .quant import fake_quantize, quantize
+from .pack import pack_linear, unpack_linear
+from .quant import dequantize, fake_quantize, quantize
 from .weights import (
     SIDE_FILES,
     WeightReader,
@@ -83,6 +83,9 @@ class QuantizeOptions:
     duo_scaling: bool = False
     refit: bool = False  # least-squares refit of every group scale for its codes (``awq.refit_gains``)
     rounding: str = "nearest"  # "nearest" or "gptq" (``awq.gptq_quantize``): how the final codes are chosen
+    # The next block's calibration inputs: the FP block's outputs (the reference), or the quantized
+    # block's, so each block's search sees the inputs the 4-bit model will give it.
+    quantized_inputs: bool = False
     chunk_blocks: int = 4  # calibration blocks per forward pass: bounds temporaries
 
     def __post_init__(self):
@@ -94,6 +97,8 @@ class QuantizeOptions:
             raise EdgeAwqError(f"--rounding {self.rounding!r} is not supported (nearest or gptq)")
         if self.rounding == "gptq" and (self.method != "awq" or self.refit):
             raise EdgeAwqError("--rounding gptq needs --method awq and no --refit (it chooses the scales itself)")
+        if self.quantized_inputs and self.method != "awq":
+            raise EdgeAwqError("--quantized-inputs needs --method awq (round-to-nearest takes no calibration inputs)")
         QuantConfig(group_size=self.group_size)
 
 
@@ -166,7 +171,8 @@ def plan(model_dir: Path, opts: QuantizeOptions) -> Plan:
     }
     if opts.method == "awq":
         ident["algorithm"] = ALGORITHM
-        for flag in ("duo_scaling", "refit"):  # only when set, so runs started before the option keep their key
+        # only when set, so runs started before an option keep their key
+        for flag in ("duo_scaling", "refit", "quantized_inputs"):
             if getattr(opts, flag):
                 ident[flag] = True
         if opts.rounding != "nearest":
@@ -363,6 +369,20 @@ def pack_block(block: Block, prefix: str, group_size: int, gains: dict[str, torc
     return out
 
 
+def load_packed(block: Block, tensors: dict[str, torch.Tensor], prefix: str, group_size: int) -> Block:
+    """Put ``pack_block``'s tensors into an FP ``block`` in place: the dequantized codes, the fp16 norms
+    and biases — the block as the 4-bit checkpoint computes it (in the block's dtype)."""
+    for name in LINEAR_NAMES:
+        lin = block.get_submodule(name)
+        q, scale, zero = unpack_linear(*(tensors[f"{prefix}{name}.{k}"] for k in ("qweight", "qzeros", "scales")))
+        lin.weight.copy_(dequantize(q, scale, zero, group_size))
+        if lin.bias is not None:
+            lin.bias.copy_(tensors[f"{prefix}{name}.bias"])
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        block.get_submodule(norm).weight.copy_(tensors[f"{prefix}{norm}.weight"])
+    return block
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -407,8 +427,10 @@ def _embed(p: Plan, device: torch.device) -> torch.Tensor:
     return nn.functional.embedding(p.calib, weight).float().to(device)
 
 
-def _inputs_for(p: Plan, state: Path, start: int, device: torch.device, rope, chunk: int) -> torch.Tensor:
-    """The FP inputs of block ``start``: saved after the previous block, else recomputed."""
+def _inputs_for(p: Plan, state: Path, start: int, device: torch.device, rope, opts: QuantizeOptions
+                ) -> torch.Tensor:
+    """The calibration inputs of block ``start``: saved after the previous block, else recomputed
+    through the FP blocks (or, with ``quantized_inputs``, the finished quantized ones)."""
     path = state / "inputs.safetensors"
     if path.exists():
         tensors, meta = read_header(path)
@@ -418,7 +440,11 @@ def _inputs_for(p: Plan, state: Path, start: int, device: torch.device, rope, ch
     for i in range(start):
         block = load_block(p.reader, p.cfg, i, torch.float32).to(device)
         with torch.no_grad():
-            x = torch.cat([block(xc, *rope) for xc in x.split(chunk)])
+            if opts.quantized_inputs:
+                infos, _ = read_header(_block_file(state, i))
+                packed = {n: read_tensor(t, n).to(device) for n, t in infos.items() if not n.startswith("awq.")}
+                load_packed(block, packed, block_prefix(i), p.qcfg.group_size)
+            x = torch.cat([block(xc, *rope) for xc in x.split(opts.chunk_blocks)])
     return x
 
 
@@ -463,7 +489,7 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
         rope = rope_cos_sin(rope_inv_freq(cfg), torch.arange(p.calib.shape[1]), torch.float32)
         rope = tuple(t.to(device) for t in rope)
         with torch.no_grad():
-            x = _inputs_for(p, state, start, device, rope, opts.chunk_blocks)
+            x = _inputs_for(p, state, start, device, rope, opts)
     for i in range(cfg.num_layers):
         if progress:
             progress(i, cfg.num_layers, f"block {i}")
@@ -479,6 +505,9 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
                 record, data, x_next, codes = {}, {}, None, {}
             gains = {k.removeprefix("awq.gain."): v for k, v in data.items() if k.startswith("awq.gain.")}
             tensors = pack_block(block, block_prefix(i), g, gains, codes)
+            if opts.quantized_inputs and x_next is not None:
+                load_packed(block, {k: v.to(device) for k, v in tensors.items()}, block_prefix(i), g)
+                x_next = torch.cat([block(xc, *rope) for xc in x.split(opts.chunk_blocks)])
         record["block_seconds"] = round(time.perf_counter() - t0, 3)
         write_safetensors(_block_file(state, i), {**tensors, **data}, {"record": json.dumps(record)})
         if x_next is not None:

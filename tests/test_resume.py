@@ -154,3 +154,60 @@ def test_gptq_rounding_is_its_own_run_and_resumes(tmp_path, model_and_reference)
         replace(OPTS, rounding="gptq", refit=True)
     with pytest.raises(EdgeAwqError, match="--rounding"):
         replace(OPTS, rounding="stochastic")
+
+
+def test_quantized_inputs_are_what_the_checkpoint_computes(tmp_path, model_and_reference):
+    """``--quantized-inputs``: block i is calibrated on what the 4-bit checkpoint's first i blocks
+    compute (as the runtime's own W4A16 blocks compute it), a run that lost its saved inputs
+    recomputes them through the finished quantized blocks, and the option is its own run."""
+    from dataclasses import replace
+
+    from edge_awq.config import QuantConfig
+    from edge_awq.errors import EdgeAwqError
+    from edge_awq.kernels.dispatch import KernelSettings
+    from edge_awq.kernels.quant_linear import QuantLinear
+    from edge_awq.model import load_block, rope_cos_sin, rope_inv_freq
+    from edge_awq.quantize import plan
+    from edge_awq.weights import read_header, read_tensor
+
+    model, ref = model_and_reference
+    qin = replace(OPTS, quantized_inputs=True)
+    whole = quantize_model(model, tmp_path / "whole", qin)
+    assert whole["options"]["quantized_inputs"] is True
+    with pytest.raises(Interrupt):
+        quantize_model(model, tmp_path / "cut", qin, progress=_stop_at(2))
+    state = tmp_path / "cut" / STATE
+    infos, meta = read_header(state / "inputs.safetensors")
+    assert meta["after_block"] == "1"
+    saved = read_tensor(infos["x"], "x")
+
+    p = plan(model, qin)
+    ckpt = WeightReader(tmp_path / "whole")
+    qcfg = QuantConfig.from_folder(tmp_path / "whole")
+    x = torch.nn.functional.embedding(p.calib, WeightReader(model).get("model.embed_tokens.weight")).float()
+    rope = rope_cos_sin(rope_inv_freq(p.cfg), torch.arange(p.calib.shape[1]), torch.float32)
+    fp = x
+    with torch.no_grad():
+        for i in range(2):
+            block = load_block(ckpt, p.cfg, i, torch.float32, qcfg)
+            for m in block.modules():
+                if isinstance(m, QuantLinear):
+                    m.kernel_settings = KernelSettings(backend="reference")
+            x = block(x, *rope)
+            fp = load_block(WeightReader(model), p.cfg, i, torch.float32)(fp, *rope)
+    torch.testing.assert_close(saved, x, rtol=1e-5, atol=1e-5)
+    assert (saved - fp).abs().max() > 100 * (saved - x).abs().max()  # not the FP model's outputs
+
+    with pytest.raises(EdgeAwqError, match="different model or options"):
+        quantize_model(model, tmp_path / "cut", OPTS)  # never resumed as a plain run
+    (state / "inputs.safetensors").unlink()
+    quantize_model(model, tmp_path / "cut", qin)
+    got, again = _tensors(tmp_path / "whole"), _tensors(tmp_path / "cut")
+    assert got.keys() == ref.keys() == again.keys()
+    for name, t in got.items():
+        assert torch.equal(again[name], t), name
+        if name.startswith("model.layers.0."):
+            assert torch.equal(t, ref[name]), name  # block 0 sees the same embeddings either way
+    assert any(not torch.equal(got[n], ref[n]) for n in ref if n.startswith("model.layers.3.") and "qweight" in n)
+    with pytest.raises(EdgeAwqError, match="--quantized-inputs"):
+        replace(OPTS, method="rtn", quantized_inputs=True)
