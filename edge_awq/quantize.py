@@ -190,6 +190,11 @@ def _call(module: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Te
     return module(*args) if params is None else functional_call(module, params, args)
 
 
+def _forward(block: Block, x: torch.Tensor, rope, chunk: int) -> torch.Tensor:
+    """The block over all calibration blocks, ``chunk`` at a time (bounded temporaries)."""
+    return torch.cat([block(xc, *rope) for xc in x.split(chunk)])
+
+
 def _capture(block: Block, x: torch.Tensor, groups: tuple[ScaleGroup, ...], rope, chunk: int
              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Run the FP block on x (B, T, H); return each group's input (B, T, K) and the block output."""
@@ -198,7 +203,7 @@ def _capture(block: Block, x: torch.Tensor, groups: tuple[ScaleGroup, ...], rope
     hooks = [m.register_forward_hook(lambda _m, inp, _out, name=name: parts[name].append(inp[0]))
              for name, m in sites.items()]
     try:
-        out = torch.cat([block(xc, *rope) for xc in x.split(chunk)])
+        out = _forward(block, x, rope, chunk)
     finally:
         for h in hooks:
             h.remove()
@@ -444,7 +449,7 @@ def _inputs_for(p: Plan, state: Path, start: int, device: torch.device, rope, op
                 infos, _ = read_header(_block_file(state, i))
                 packed = {n: read_tensor(t, n).to(device) for n, t in infos.items() if not n.startswith("awq.")}
                 load_packed(block, packed, block_prefix(i), p.qcfg.group_size)
-            x = torch.cat([block(xc, *rope) for xc in x.split(opts.chunk_blocks)])
+            x = _forward(block, x, rope, opts.chunk_blocks)
     return x
 
 
@@ -507,7 +512,7 @@ def quantize_model(model_dir: Path, out_dir: Path, opts: QuantizeOptions,
             tensors = pack_block(block, block_prefix(i), g, gains, codes)
             if opts.quantized_inputs and x_next is not None:
                 load_packed(block, {k: v.to(device) for k, v in tensors.items()}, block_prefix(i), g)
-                x_next = torch.cat([block(xc, *rope) for xc in x.split(opts.chunk_blocks)])
+                x_next = _forward(block, x, rope, opts.chunk_blocks)
         record["block_seconds"] = round(time.perf_counter() - t0, 3)
         write_safetensors(_block_file(state, i), {**tensors, **data}, {"record": json.dumps(record)})
         if x_next is not None:
