@@ -124,3 +124,11 @@ def test_non_empty_output_folder(tmp_path, tiny):
     (out / "notes.txt").write_text("mine")
     _assert_fails(_quantize(tiny, out, "--method", "rtn"), "folder is not empty")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (("--method", "rtn", "--quantized-inputs"), "--quantized-inputs needs --method awq"),
+    (("--method", "rtn", "--rounding", "gptq"), "--rounding gptq needs --method awq"),
+])
+def test_options_that_do_not_go_together(tmp_path, tiny, extra, fragment):
+    _assert_fails(_quantize(tiny, tmp_path / "out", *extra), fragment, out=tmp_path / "out")
