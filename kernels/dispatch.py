@@ -65,6 +65,8 @@ class KernelSettings:
     row_words_per_thread: int = 4
     row_k_threads: int = 8
     row_gluon_warps: int = 1
+    # its products in integers (dp2a: x as 16-bit fixed point per thread) instead of half2 chains
+    row_int_dot: bool = False
     dot_block_n: int = 64
     dot_warps: int = 4
     dot_stages: int = 3
@@ -240,7 +242,7 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             y = out if out is not None else torch.zeros(1, n, dtype=torch.float32, device=x2.device)
             _gluon_module().row_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
                                      rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
-                                     warps=s.row_gluon_warps, pdl=bool(s.pdl))
+                                     warps=s.row_gluon_warps, pdl=bool(s.pdl), int_dot=s.row_int_dot)
             if acc is None:
                 y = y.to(x2.dtype)
         elif m == 1 and s.row_kernel == "row":

@@ -1,6 +1,6 @@
 """Gluon W4A16 kernels, fp16 activations: one for 2–16 rows on the ``mma`` order (layout.py, group
 128; any GPU with mma.m16n8k16, sm_80+), one for a single row (``row_gemv``, below: K-major or mma
-order, half2 math, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
+order, half2 or integer math, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
 
 Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16`` for a span of
 128 k (four k-steps), so the codes become half2 in the registers that loaded them — one shift,
@@ -305,6 +305,73 @@ def _dot32_asm() -> str:
 _DOT32_H2 = gl.constexpr(_dot32_asm())
 
 
+def _fixed_x_asm() -> str:
+    """PTX: one word's four half2 of x (pair P: nibbles P and P + 4) → 16-bit fixed point, round(x·2^sc),
+    by an fp32 FMA that adds 1.5·2^23 (the integer lands in the low mantissa bits), packed in the pairs
+    that ``dp2a`` multiplies with the word's bytes: (n0, n2), (n4, n6), (n1, n3), (n5, n7); and their sum.
+    Operands: $5–$8 the half2, $9 2^sc (fp32)."""
+    body = "".join(f"mov.b32 {{l{p}, h{p}}}, ${5 + p}; cvt.f32.f16 a{p}, l{p}; cvt.f32.f16 b{p}, h{p};"
+                   f"fma.rn.f32 a{p}, a{p}, $9, 0f4B400000; fma.rn.f32 b{p}, b{p}, $9, 0f4B400000;"
+                   for p in range(4))
+    body += ("prmt.b32 $0, a0, a2, 0x5410; prmt.b32 $1, b0, b2, 0x5410; prmt.b32 $2, a1, a3, 0x5410;"
+             "prmt.b32 $3, b1, b3, 0x5410; mov.b32 one, 0x01010101; mov.b32 s, 0;"
+             "dp2a.lo.s32.u32 s, $0, one, s; dp2a.lo.s32.u32 s, $1, one, s; dp2a.lo.s32.u32 s, $2, one, s;"
+             "dp2a.lo.s32.u32 s, $3, one, s; mov.b32 $4, s;")
+    return ("{.reg .b16 l0, l1, l2, l3, h0, h1, h2, h3; .reg .f32 a0, a1, a2, a3, b0, b1, b2, b3;"
+            ".reg .b32 one, s;" + body + "}")
+
+
+def _dot32_int_asm() -> str:
+    """PTX: Σ of four words' 32 products q·x in integers, times 16, plus $21: per word one LOP3 for the
+    low nibbles of its bytes (q) and one for the high (16q, still a byte), and four ``dp2a`` (two
+    16-bit x times two bytes, added to an int32) — 6 instructions per 8 weights, all exact. Operands:
+    $1–$4 the words, $5 + 4i … $8 + 4i word i's fixed-point x pairs (``_fixed_x_asm``), $21 the
+    start of the sum (−16·z·Σx: the zero point)."""
+    body = ""
+    for i in range(4):
+        w, x = f"${1 + i}", [f"${5 + 4 * i + j}" for j in range(4)]
+        body += (f"and.b32 lo, {w}, 0x0F0F0F0F; and.b32 hi, {w}, 0xF0F0F0F0;"
+                 f"dp2a.lo.s32.u32 a, {x[0]}, lo, a; dp2a.hi.s32.u32 a, {x[1]}, lo, a;"
+                 f"dp2a.lo.s32.u32 b, {x[2]}, hi, b; dp2a.hi.s32.u32 b, {x[3]}, hi, b;")
+    return ("{.reg .b32 lo, hi, a, b; mov.b32 a, 0; mov.b32 b, $21;" + body
+            + "shl.b32 a, a, 4; add.s32 a, a, b; cvt.rn.f32.s32 $0, a;}")
+
+
+_FIXED_X = gl.constexpr(_fixed_x_asm())
+_DOT32_INT = gl.constexpr(_dot32_int_asm())
+
+
+@gluon.jit
+def _x_fixed(x0, x1, x2, x3, mul):
+    return gl.inline_asm_elementwise(_FIXED_X, "=r,=r,=r,=r,=r,r,r,r,r,f", [x0, x1, x2, x3, mul],
+                                     dtype=(gl.int32, gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+
+
+@gluon.jit
+def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
+    """Σ (q − z)·x·2^sc·16 over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, exact
+    in int32, as fp32 (BN, TK); ``zero16`` is −16·z per column."""
+    wa, wb = gl.split(gl.reshape(wq, [wq.shape[0], wq.shape[1], 2, 2]))  # word 2a + b
+    w0, w2 = gl.split(wa)
+    w1, w3 = gl.split(wb)
+    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
+    f00, f01, f02, f03, s0 = _x_fixed(x00, x01, x02, x03, mul)
+    f10, f11, f12, f13, s1 = _x_fixed(x10, x11, x12, x13, mul)
+    f20, f21, f22, f23, s2 = _x_fixed(x20, x21, x22, x23, mul)
+    f30, f31, f32, f33, s3 = _x_fixed(x30, x31, x32, x33, mul)
+    sx = (s0 + s1) + (s2 + s3)
+    return gl.inline_asm_elementwise(
+        _DOT32_INT, "=f" + ",r" * 21,
+        [gl.convert_layout(w0, nt_l, assert_trivial=True), gl.convert_layout(w1, nt_l, assert_trivial=True),
+         gl.convert_layout(w2, nt_l, assert_trivial=True), gl.convert_layout(w3, nt_l, assert_trivial=True),
+         f00[None, :] + zero2, f01[None, :] + zero2, f02[None, :] + zero2, f03[None, :] + zero2,
+         f10[None, :] + zero2, f11[None, :] + zero2, f12[None, :] + zero2, f13[None, :] + zero2,
+         f20[None, :] + zero2, f21[None, :] + zero2, f22[None, :] + zero2, f23[None, :] + zero2,
+         f30[None, :] + zero2, f31[None, :] + zero2, f32[None, :] + zero2, f33[None, :] + zero2,
+         zero16 * sx[None, :]],
+        dtype=gl.float32, is_pure=True, pack=1)
+
+
 @gluon.jit
 def _max_h2(a, b):
     return gl.inline_asm_elementwise("max.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=gl.int32, is_pure=True,
@@ -428,8 +495,8 @@ def _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP: gl.
 
 @gluon.jit
 def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA: gl.constexpr,
-              HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr,
-              L3: gl.constexpr):
+              INT: gl.constexpr, HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr,
+              W: gl.constexpr, L3: gl.constexpr):
     """The partial sums of K chunk kc for the columns ``rows`` (``_row_rows``), added into the zeroed
     fp32 output (the bias by K chunk 0)."""
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
@@ -446,15 +513,27 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, 
         xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
         m = _max_h2(m, m2)
     hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
-    sc = gl.minimum(22 - (hb >> 10), 15)  # 2^sc · max|x| in [128, 256); subnormal or zero: 2^15
-    sh = (sc + 15) << 10
-    sh = sh | (sh << 16)
-    inv = ((127 - sc) << 23).to(gl.float32, bitcast=True)
-    if WPT == 4:
-        part = _quad_dot(words, nb1, nb2, xq, sh, zero2, nt_l)
+    if INT:
+        # 2^sc · max|x| in [2^13, 2^14): rounded, x fits 16 bits; the products' sum is exact (< 2^31)
+        sc = 28 - (hb >> 10)
+        mul = ((127 + sc) << 23).to(gl.float32, bitcast=True)
+        inv = ((123 - sc) << 23).to(gl.float32, bitcast=True)  # 2^−sc / 16
+        zero16 = -16 * z
+        if WPT == 4:
+            part = _quad_dot_int(words, xq, mul, zero16, zero2, nt_l)
+        else:
+            wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
+            part = _quad_dot_int(wlo, xq, mul, zero16, zero2, nt_l) + _quad_dot_int(whi, xq2, mul, zero16, zero2, nt_l)
     else:
-        wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
-        part = _quad_dot(wlo, nb1, nb2, xq, sh, zero2, nt_l) + _quad_dot(whi, nb1, nb2, xq2, sh, zero2, nt_l)
+        sc = gl.minimum(22 - (hb >> 10), 15)  # 2^sc · max|x| in [128, 256); subnormal or zero: 2^15
+        sh = (sc + 15) << 10
+        sh = sh | (sh << 16)
+        inv = ((127 - sc) << 23).to(gl.float32, bitcast=True)
+        if WPT == 4:
+            part = _quad_dot(words, nb1, nb2, xq, sh, zero2, nt_l)
+        else:
+            wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
+            part = _quad_dot(wlo, nb1, nb2, xq, sh, zero2, nt_l) + _quad_dot(whi, nb1, nb2, xq2, sh, zero2, nt_l)
     y = gl.sum(part * (s.to(gl.float32) * inv[None, :]), axis=1)  # (BN,)
     if HAS_BIAS:
         y += gl.load(b_ptr + rows_s).to(gl.float32) * (kc == 0).to(gl.float32)
@@ -463,7 +542,8 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, 
 
 @gluon.jit
 def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
-                GROUP: gl.constexpr, MMA: gl.constexpr, HAS_BIAS: gl.constexpr, EVEN_K: gl.constexpr,
+                GROUP: gl.constexpr, MMA: gl.constexpr, INT: gl.constexpr, HAS_BIAS: gl.constexpr,
+                EVEN_K: gl.constexpr,
                 RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
                 PDL: gl.constexpr):
     """One row: a program reduces RPT·(32/TK)·W columns × 8·WPT·TK k. A thread holds RPT consecutive
@@ -471,7 +551,10 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     column, x for its own words only — so x is prepared once per thread for RPT columns and the only
     cross-thread step is the final sum over the TK threads along k. x is scaled per thread by a power
     of two (largest |x| into [128, 256): a half2 chain of 16 products of |q − z| ≤ 15 cannot
-    overflow), undone with the scale in fp32. Adds into a zeroed fp32 output (K-splits by atomics).
+    overflow), undone with the scale in fp32. INT: the products in integers instead — x rounded to
+    16-bit fixed point per thread (largest |x| into [2^13, 2^14), so an element's error is at most
+    2^−14 of the thread's largest), times the weight bytes by ``dp2a``, summed exactly in int32 (6
+    instructions per 8 weights against 13). Adds into a zeroed fp32 output (K-splits by atomics).
     All weight loads are issued before any math (a barrier; ptxas would otherwise interleave them
     with it to save registers). PDL: they are also issued before waiting for the previous kernel,
     whose output x is."""
@@ -485,7 +568,7 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA, HAS_BIAS, RPT, WPT, TK, W,
+    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA, INT, HAS_BIAS, RPT, WPT, TK, W,
               L3)
 
 
@@ -496,7 +579,7 @@ def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
 
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
-             tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False) -> torch.Tensor:
+             tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False, int_dot: bool = False) -> torch.Tensor:
     """x (1, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (1, N); ``qweight_k`` K-major
     (N, K/8), in the mma order if ``mma`` (group 128). A program: ``rpt``·(32/``tk``)·``warps``
     columns × 8·``wpt``·``tk`` k; ``wpt`` 8 needs groups of 64 or more. ``pdl``: launched as a
@@ -508,21 +591,21 @@ def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     bn, ck = row_tile(rpt, tk, warps, wpt)
     _row_kernel[(triton.cdiv(n, bn), triton.cdiv(k, ck))](
         x.view(torch.int32), qweight_k, qzeros, scales, bias if bias is not None else scales, out, n, k, k // 8,
-        GROUP=group_size, MMA=mma, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt, TK=tk, W=warps,
-        VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        GROUP=group_size, MMA=mma, INT=int_dot, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt,
+        TK=tk, W=warps, VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
 def compile_row_for(capability: int, rpt: int = 4, tk: int = 8, warps: int = 1, wpt: int = 4, mma: bool = True,
-                    pdl: bool = False):
+                    pdl: bool = False, int_dot: bool = False):
     """Compile the one-row kernel for a GPU that need not be here (CI: sm_90 and sm_87)."""
     from triton.backends.compiler import GPUTarget
     src = gluon._runtime.GluonASTSource(
         fn=_row_kernel,
         signature={"x32_ptr": "*i32", "q_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "N": "i32", "K": "i32", "k8": "i32"},
-        constexprs={"GROUP": 128, "MMA": mma, "HAS_BIAS": True, "EVEN_K": True, "RPT": rpt, "WPT": wpt, "TK": tk,
-                    "W": warps, "VEC": True, "PDL": pdl},
+        constexprs={"GROUP": 128, "MMA": mma, "INT": int_dot, "HAS_BIAS": True, "EVEN_K": True, "RPT": rpt,
+                    "WPT": wpt, "TK": tk, "W": warps, "VEC": True, "PDL": pdl},
         attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
 

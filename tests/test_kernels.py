@@ -244,12 +244,13 @@ def test_dispatch_on_gpu(m):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
+@pytest.mark.parametrize("int_dot", [False, True])
 @pytest.mark.parametrize("k,n,group,mma", [(512, 200, 128, True), (640, 136, 128, True), (384, 72, 32, False),
                                            (1024, 256, 64, False)])
-def test_gluon_row_kernel_on_gpu(k, n, group, mma):
-    """The one-row Gluon kernel, K-major or mma order: K not a multiple of the program's chunk, N not
-    a multiple of its columns, bias added once, x with large and tiny entries (the per-thread power
-    of two), every column of the zeroed fp32 output gets its sum."""
+def test_gluon_row_kernel_on_gpu(k, n, group, mma, int_dot):
+    """The one-row Gluon kernel, K-major or mma order, half2 or integer products: K not a multiple of
+    the program's chunk, N not a multiple of its columns, bias added once, x with large and tiny
+    entries (the per-thread power of two), every column of the zeroed fp32 output gets its sum."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     lin = _layer(k, n, group, 700 + k, bias=True)
     x = _x(1, k, torch.float16, 701 + n)
@@ -262,8 +263,10 @@ def test_gluon_row_kernel_on_gpu(k, n, group, mma):
             continue
         y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
         gk.row_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, rpt=rpt, tk=tk, warps=warps, wpt=wpt,
-                    pdl=torch.cuda.get_device_capability()[0] >= 9)
+                    pdl=torch.cuda.get_device_capability()[0] >= 9, int_dot=int_dot)
         assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt)
+        col_err = (y.double() - ref).abs()[0] / ref.abs().amax()
+        assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
@@ -387,6 +390,17 @@ def test_gluon_row_kernel_compiles_for_hopper_and_orin(capability, wpt):
     if pdl:
         assert ptx.index("griddepcontrol.wait") > ptx.rindex(".v4.b32")
     assert "st.shared" not in ptx and "shfl" in ptx
+
+
+@pytest.mark.parametrize("capability,wpt", [(90, 4), (87, 4), (90, 8)])
+def test_gluon_row_kernel_integer_products_compile(capability, wpt):
+    """The one-row kernel with integer products, compiled for sm_90 and sm_87 without a GPU: four
+    ``dp2a`` per word and column (16-bit x times the weight bytes), four more per word for the sum of
+    x (the zero point's term), no half2 products left."""
+    pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    ptx = _gluon_ptx("compile_row_for", capability, rpt=4, wpt=wpt, int_dot=True)
+    assert ptx.count("dp2a.lo.s32.u32") + ptx.count("dp2a.hi.s32.u32") == 4 * 4 * wpt + 4 * wpt
+    assert "fma.rn.f16x2" not in ptx and "st.shared" not in ptx
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])

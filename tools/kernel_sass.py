@@ -2,7 +2,7 @@
 
     python tools/kernel_sass.py row --arch 90 --block-n 32 --chunk-k 512 --warps 2
     python tools/kernel_sass.py dot --arch 87 --block-n 64 --warps 4
-    python tools/kernel_sass.py gluon-row --arch 90 --rpt 8 --wpt 4 --tk 8 --warps 1
+    python tools/kernel_sass.py gluon-row --arch 90 --rpt 8 --wpt 4 --tk 8 --warps 1 [--int-dot]
 
 Uses Triton's bundled ptxas and nvdisasm, so it runs on the CPU machine: registers, spills,
 shared memory, and an instruction histogram (opcode without modifiers) per weight handled by one
@@ -92,11 +92,12 @@ def main() -> None:
     ap.add_argument("--rpt", type=int, default=8, help="gluon-row: columns per thread")
     ap.add_argument("--wpt", type=int, default=4, help="gluon-row: words per thread")
     ap.add_argument("--tk", type=int, default=8, help="gluon-row: threads along k")
+    ap.add_argument("--int-dot", action="store_true", help="gluon-row: integer products (dp2a)")
     ap.add_argument("--dump", action="store_true", help="print the SASS")
     a = ap.parse_args()
     if a.kind == "gluon-row":  # the Gluon one-row kernel, mma order, group 128
         from edge_awq.kernels import gluon_w4a16 as gk
-        k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt)
+        k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt, int_dot=a.int_dot)
         weights = math.prod(gk.row_tile(a.rpt, a.tk, a.warps, a.wpt))
     else:
         src, weights = build(a.kind, a)
@@ -116,7 +117,8 @@ def main() -> None:
         print(f"K loop: {len(loop)} instructions per iteration, {len(loop) * threads / (a.block_n * a.group):.2f} "
               "per weight")
     meta = k.metadata
-    tile = f"rpt={a.rpt} wpt={a.wpt} tk={a.tk}" if a.kind == "gluon-row" else f"block_n={a.block_n} chunk_k={a.chunk_k}"
+    tile = (f"rpt={a.rpt} wpt={a.wpt} tk={a.tk}{' int' * a.int_dot}" if a.kind == "gluon-row"
+            else f"block_n={a.block_n} chunk_k={a.chunk_k}")
     print(f"{a.kind} sm_{a.arch} {tile} warps={a.warps}: {registers(k.asm['cubin'])}, "
           f"shared {meta.shared} B, {total} SASS instructions (static), weights/program {weights}, "
           f"instructions per weight per thread-slot {total * threads / weights:.2f}")
