@@ -67,6 +67,7 @@ class KernelSettings:
     row_gluon_warps: int = 1
     # its products in integers (dp2a: x as 16-bit fixed point per thread) instead of half2 chains
     row_int_dot: bool = False
+    row_sum_shared: bool = False  # its sum over k through shared memory instead of shuffles
     dot_block_n: int = 64
     dot_warps: int = 4
     dot_stages: int = 3
@@ -242,7 +243,8 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
             y = out if out is not None else torch.zeros(1, n, dtype=torch.float32, device=x2.device)
             _gluon_module().row_gemv(x2, qk, layer.qzeros, layer.scales, layer.bias, y, g, mma=mma,
                                      rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
-                                     warps=s.row_gluon_warps, pdl=bool(s.pdl), int_dot=s.row_int_dot)
+                                     warps=s.row_gluon_warps, pdl=bool(s.pdl), int_dot=s.row_int_dot,
+                                     tsum=s.row_sum_shared)
             if acc is None:
                 y = y.to(x2.dtype)
         elif m == 1 and s.row_kernel == "row":

@@ -494,9 +494,9 @@ def _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP: gl.
 
 
 @gluon.jit
-def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA: gl.constexpr,
-              INT: gl.constexpr, HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr,
-              W: gl.constexpr, L3: gl.constexpr):
+def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc, N, k8, MMA: gl.constexpr,
+              INT: gl.constexpr, TSUM: gl.constexpr, HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr,
+              TK: gl.constexpr, W: gl.constexpr, L3: gl.constexpr):
     """The partial sums of K chunk kc for the columns ``rows`` (``_row_rows``), added into the zeroed
     fp32 output (the bias by K chunk 0)."""
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
@@ -534,7 +534,14 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, 
         else:
             wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
             part = _quad_dot(wlo, nb1, nb2, xq, sh, zero2, nt_l) + _quad_dot(whi, nb1, nb2, xq2, sh, zero2, nt_l)
-    y = gl.sum(part * (s.to(gl.float32) * inv[None, :]), axis=1)  # (BN,)
+    part = part * (s.to(gl.float32) * inv[None, :])
+    if TSUM:  # transposed through shared memory: a thread sums one column's TK partials, one atomic each
+        sum_l: gl.constexpr = gl.BlockedLayout([1, TK], [32, 1], [W, 1], [1, 0])
+        y = gl.sum(gl.convert_layout(part, sum_l), axis=1)
+        rows = nt * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, sum_l))
+        rows_s = gl.minimum(rows, N - 1)
+    else:  # by shuffles
+        y = gl.sum(part, axis=1)  # (BN,)
     if HAS_BIAS:
         y += gl.load(b_ptr + rows_s).to(gl.float32) * (kc == 0).to(gl.float32)
     gl.atomic_add(y_ptr + rows, y, mask=rows < N, sem="relaxed")
@@ -542,7 +549,7 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, 
 
 @gluon.jit
 def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
-                GROUP: gl.constexpr, MMA: gl.constexpr, INT: gl.constexpr, HAS_BIAS: gl.constexpr,
+                GROUP: gl.constexpr, MMA: gl.constexpr, INT: gl.constexpr, TSUM: gl.constexpr, HAS_BIAS: gl.constexpr,
                 EVEN_K: gl.constexpr,
                 RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
                 PDL: gl.constexpr):
@@ -568,8 +575,8 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, kc, N, k8, MMA, INT, HAS_BIAS, RPT, WPT, TK, W,
-              L3)
+    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc, N, k8, MMA, INT, TSUM, HAS_BIAS, RPT,
+              WPT, TK, W, L3)
 
 
 def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
@@ -579,7 +586,8 @@ def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
 
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
-             tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False, int_dot: bool = False) -> torch.Tensor:
+             tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False, int_dot: bool = False,
+             tsum: bool = False) -> torch.Tensor:
     """x (1, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (1, N); ``qweight_k`` K-major
     (N, K/8), in the mma order if ``mma`` (group 128). A program: ``rpt``·(32/``tk``)·``warps``
     columns × 8·``wpt``·``tk`` k; ``wpt`` 8 needs groups of 64 or more. ``pdl``: launched as a
@@ -591,21 +599,21 @@ def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     bn, ck = row_tile(rpt, tk, warps, wpt)
     _row_kernel[(triton.cdiv(n, bn), triton.cdiv(k, ck))](
         x.view(torch.int32), qweight_k, qzeros, scales, bias if bias is not None else scales, out, n, k, k // 8,
-        GROUP=group_size, MMA=mma, INT=int_dot, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt,
-        TK=tk, W=warps, VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        GROUP=group_size, MMA=mma, INT=int_dot, TSUM=tsum, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt,
+        WPT=wpt, TK=tk, W=warps, VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
 def compile_row_for(capability: int, rpt: int = 4, tk: int = 8, warps: int = 1, wpt: int = 4, mma: bool = True,
-                    pdl: bool = False, int_dot: bool = False):
+                    pdl: bool = False, int_dot: bool = False, tsum: bool = False):
     """Compile the one-row kernel for a GPU that need not be here (CI: sm_90 and sm_87)."""
     from triton.backends.compiler import GPUTarget
     src = gluon._runtime.GluonASTSource(
         fn=_row_kernel,
         signature={"x32_ptr": "*i32", "q_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "N": "i32", "K": "i32", "k8": "i32"},
-        constexprs={"GROUP": 128, "MMA": mma, "INT": int_dot, "HAS_BIAS": True, "EVEN_K": True, "RPT": rpt,
-                    "WPT": wpt, "TK": tk, "W": warps, "VEC": True, "PDL": pdl},
+        constexprs={"GROUP": 128, "MMA": mma, "INT": int_dot, "TSUM": tsum, "HAS_BIAS": True, "EVEN_K": True,
+                    "RPT": rpt, "WPT": wpt, "TK": tk, "W": warps, "VEC": True, "PDL": pdl},
         attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
 

@@ -250,7 +250,8 @@ def test_dispatch_on_gpu(m):
 def test_gluon_row_kernel_on_gpu(k, n, group, mma, int_dot):
     """The one-row Gluon kernel, K-major or mma order, half2 or integer products: K not a multiple of
     the program's chunk, N not a multiple of its columns, bias added once, x with large and tiny
-    entries (the per-thread power of two), every column of the zeroed fp32 output gets its sum."""
+    entries (the per-thread power of two), every column of the zeroed fp32 output gets its sum, with
+    the sum over k by shuffles or through shared memory."""
     gk = pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     lin = _layer(k, n, group, 700 + k, bias=True)
     x = _x(1, k, torch.float16, 701 + n)
@@ -258,13 +259,15 @@ def test_gluon_row_kernel_on_gpu(k, n, group, mma, int_dot):
     x[0, 3::11] *= 1e-4
     ref = _ref(x, lin)
     qk = to_mma(lin.qweight) if mma else to_kmajor(lin.qweight)
-    for rpt, tk, warps, wpt in ((8, 8, 1, 4), (4, 4, 2, 4), (16, 8, 1, 4), (8, 4, 4, 4), (4, 8, 1, 8), (8, 4, 2, 8)):
+    tiles = ((8, 8, 1, 4, False), (4, 4, 2, 4, False), (16, 8, 1, 4, True), (8, 4, 4, 4, False), (4, 8, 1, 8, True),
+             (8, 4, 2, 8, False), (8, 32, 1, 4, True))  # rpt, tk, warps, wpt, tsum
+    for rpt, tk, warps, wpt, tsum in tiles:
         if wpt * 8 > group:
             continue
         y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
         gk.row_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, rpt=rpt, tk=tk, warps=warps, wpt=wpt,
-                    pdl=torch.cuda.get_device_capability()[0] >= 9, int_dot=int_dot)
-        assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt)
+                    pdl=torch.cuda.get_device_capability()[0] >= 9, int_dot=int_dot, tsum=tsum)
+        assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt, tsum)
         col_err = (y.double() - ref).abs()[0] / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
 

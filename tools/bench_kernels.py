@@ -72,9 +72,11 @@ GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st 
              ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
 WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too: docs/kernel-notes.md, 35
            for c in (dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200))]
-GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p, int_dot=i) for i in (False, True) for r, t, w, p in
-             ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))] + \
-    [dict(rpt=16, tk=8, warps=1, wpt=4, int_dot=True), dict(rpt=8, tk=8, warps=1, wpt=8, int_dot=True)]
+_GROW_TILES = ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))
+GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p, int_dot=i, tsum=ts) for i, ts, tiles in
+             ((False, False, _GROW_TILES), (True, False, _GROW_TILES + ((16, 8, 1, 4), (8, 8, 1, 8))),
+              (True, True, ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 2, 8), (8, 32, 1, 4))))
+             for r, t, w, p in tiles]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
 
