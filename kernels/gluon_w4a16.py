@@ -502,9 +502,6 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
     BN: gl.constexpr = RPT * (32 // TK) * W
     z = (zw >> _zero_shift(rows_c)[:, None]) & 0xF
-    # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
-    nb1 = z * 0x10001 - 469703680  # + 0xE400E400
-    nb2 = z * 0x100010 - 738143232  # + 0xD400D400
     jx = kc * (WPT * TK) + WPT * gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l))
     xm = jx < k8
     zero2 = gl.zeros([BN, TK], gl.int32, nt_l)
@@ -525,6 +522,9 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
             wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
             part = _quad_dot_int(wlo, xq, mul, zero16, zero2, nt_l) + _quad_dot_int(whi, xq2, mul, zero16, zero2, nt_l)
     else:
+        # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
+        nb1 = z * 0x10001 - 469703680  # + 0xE400E400
+        nb2 = z * 0x100010 - 738143232  # + 0xD400D400
         sc = gl.minimum(22 - (hb >> 10), 15)  # 2^sc · max|x| in [128, 256); subnormal or zero: 2^15
         sh = (sc + 15) << 10
         sh = sh | (sh << 16)

@@ -73,9 +73,10 @@ GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st 
 WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too: docs/kernel-notes.md, 35
            for c in (dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200))]
 _GROW_TILES = ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))
+_GROW_INT_TILES = _GROW_TILES + ((16, 8, 1, 4), (8, 8, 1, 8), (8, 8, 4, 4), (4, 8, 4, 4), (4, 8, 4, 8))
+_GROW_TSUM_TILES = ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 2, 8), (8, 32, 1, 4))
 GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p, int_dot=i, tsum=ts) for i, ts, tiles in
-             ((False, False, _GROW_TILES), (True, False, _GROW_TILES + ((16, 8, 1, 4), (8, 8, 1, 8))),
-              (True, True, ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 2, 8), (8, 32, 1, 4))))
+             ((False, False, _GROW_TILES), (True, False, _GROW_INT_TILES), (True, True, _GROW_TSUM_TILES))
              for r, t, w, p in tiles]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
