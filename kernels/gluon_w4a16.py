@@ -351,9 +351,7 @@ def _x_fixed(x0, x1, x2, x3, mul):
 def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
     """Σ (q − z)·x·2^sc·16 over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, exact
     in int32, as fp32 (BN, TK); ``zero16`` is −16·z per column."""
-    wa, wb = gl.split(gl.reshape(wq, [wq.shape[0], wq.shape[1], 2, 2]))  # word 2a + b
-    w0, w2 = gl.split(wa)
-    w1, w3 = gl.split(wb)
+    w0, w1, w2, w3 = _quad_words(wq, nt_l)
     x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
     f00, f01, f02, f03, s0 = _x_fixed(x00, x01, x02, x03, mul)
     f10, f11, f12, f13, s1 = _x_fixed(x10, x11, x12, x13, mul)
@@ -362,8 +360,7 @@ def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
     sx = (s0 + s1) + (s2 + s3)
     return gl.inline_asm_elementwise(
         _DOT32_INT, "=f" + ",r" * 21,
-        [gl.convert_layout(w0, nt_l, assert_trivial=True), gl.convert_layout(w1, nt_l, assert_trivial=True),
-         gl.convert_layout(w2, nt_l, assert_trivial=True), gl.convert_layout(w3, nt_l, assert_trivial=True),
+        [w0, w1, w2, w3,
          f00[None, :] + zero2, f01[None, :] + zero2, f02[None, :] + zero2, f03[None, :] + zero2,
          f10[None, :] + zero2, f11[None, :] + zero2, f12[None, :] + zero2, f13[None, :] + zero2,
          f20[None, :] + zero2, f21[None, :] + zero2, f22[None, :] + zero2, f23[None, :] + zero2,
@@ -425,17 +422,23 @@ def _bx(xp, sh, zero2):
 
 
 @gluon.jit
-def _quad_dot(wq, nb1, nb2, xq, sh, zero2, nt_l: gl.constexpr):
-    """Σ (q − z)·x over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, fp32 (BN, TK)."""
+def _quad_words(wq, nt_l: gl.constexpr):
+    """A thread's four consecutive words ``wq`` (BN, TK, 4) as four (BN, TK) tensors in its registers."""
     wa, wb = gl.split(gl.reshape(wq, [wq.shape[0], wq.shape[1], 2, 2]))  # word 2a + b
     w0, w2 = gl.split(wa)
     w1, w3 = gl.split(wb)
+    return (gl.convert_layout(w0, nt_l, assert_trivial=True), gl.convert_layout(w1, nt_l, assert_trivial=True),
+            gl.convert_layout(w2, nt_l, assert_trivial=True), gl.convert_layout(w3, nt_l, assert_trivial=True))
+
+
+@gluon.jit
+def _quad_dot(wq, nb1, nb2, xq, sh, zero2, nt_l: gl.constexpr):
+    """Σ (q − z)·x over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, fp32 (BN, TK)."""
+    w0, w1, w2, w3 = _quad_words(wq, nt_l)
     x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
     return gl.inline_asm_elementwise(
         _DOT32_H2, "=f" + ",r" * 24,
-        [gl.convert_layout(w0, nt_l, assert_trivial=True), gl.convert_layout(w1, nt_l, assert_trivial=True),
-         gl.convert_layout(w2, nt_l, assert_trivial=True), gl.convert_layout(w3, nt_l, assert_trivial=True),
-         nb1, nb2,
+        [w0, w1, w2, w3, nb1, nb2,
          _bx(x00, sh, zero2), _bx(x01, sh, zero2), _bx(x02, sh, zero2), _bx(x03, sh, zero2),
          _bx(x10, sh, zero2), _bx(x11, sh, zero2), _bx(x12, sh, zero2), _bx(x13, sh, zero2),
          _bx(x20, sh, zero2), _bx(x21, sh, zero2), _bx(x22, sh, zero2), _bx(x23, sh, zero2),
@@ -510,17 +513,19 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
         xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
         m = _max_h2(m, m2)
     hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
+    if WPT == 4:
+        wq1 = words
+    else:
+        wq1, wq2 = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
     if INT:
         # 2^sc · max|x| in [2^13, 2^14): rounded, x fits 16 bits; the products' sum is exact (< 2^31)
         sc = 28 - (hb >> 10)
         mul = ((127 + sc) << 23).to(gl.float32, bitcast=True)
         inv = ((123 - sc) << 23).to(gl.float32, bitcast=True)  # 2^−sc / 16
         zero16 = -16 * z
-        if WPT == 4:
-            part = _quad_dot_int(words, xq, mul, zero16, zero2, nt_l)
-        else:
-            wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
-            part = _quad_dot_int(wlo, xq, mul, zero16, zero2, nt_l) + _quad_dot_int(whi, xq2, mul, zero16, zero2, nt_l)
+        part = _quad_dot_int(wq1, xq, mul, zero16, zero2, nt_l)
+        if WPT == 8:
+            part += _quad_dot_int(wq2, xq2, mul, zero16, zero2, nt_l)
     else:
         # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
         nb1 = z * 0x10001 - 469703680  # + 0xE400E400
@@ -529,11 +534,9 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
         sh = (sc + 15) << 10
         sh = sh | (sh << 16)
         inv = ((127 - sc) << 23).to(gl.float32, bitcast=True)
-        if WPT == 4:
-            part = _quad_dot(words, nb1, nb2, xq, sh, zero2, nt_l)
-        else:
-            wlo, whi = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
-            part = _quad_dot(wlo, nb1, nb2, xq, sh, zero2, nt_l) + _quad_dot(whi, nb1, nb2, xq2, sh, zero2, nt_l)
+        part = _quad_dot(wq1, nb1, nb2, xq, sh, zero2, nt_l)
+        if WPT == 8:
+            part += _quad_dot(wq2, nb1, nb2, xq2, sh, zero2, nt_l)
     part = part * (s.to(gl.float32) * inv[None, :])
     if TSUM:  # transposed through shared memory: a thread sums one column's TK partials, one atomic each
         sum_l: gl.constexpr = gl.BlockedLayout([1, TK], [32, 1], [W, 1], [1, 0])
