@@ -371,16 +371,17 @@ def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
 
 @gluon.jit
 def _max_h2(a, b):
-    return gl.inline_asm_elementwise("max.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=gl.int32, is_pure=True,
+    """Elementwise max of two half2 (as int32); NaN if either is (the integer products need to see it)."""
+    return gl.inline_asm_elementwise("max.NaN.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=gl.int32, is_pure=True,
                                      pack=1)
 
 
 @gluon.jit
 def _abs_max4(x0, x1, x2, x3):
-    """Elementwise max of |x| over four half2 (as int32)."""
+    """Elementwise max of |x| over four half2 (as int32), NaN if any is."""
     return gl.inline_asm_elementwise(
         "{.reg .b32 a, b, c, d; abs.f16x2 a, $1; abs.f16x2 b, $2; abs.f16x2 c, $3; abs.f16x2 d, $4;"
-        "max.f16x2 a, a, b; max.f16x2 c, c, d; max.f16x2 $0, a, c;}",
+        "max.NaN.f16x2 a, a, b; max.NaN.f16x2 c, c, d; max.NaN.f16x2 $0, a, c;}",
         "=r,r,r,r,r", [x0, x1, x2, x3], dtype=gl.int32, is_pure=True, pack=1)
 
 
@@ -522,6 +523,8 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
         sc = 28 - (hb >> 10)
         mul = ((127 + sc) << 23).to(gl.float32, bitcast=True)
         inv = ((123 - sc) << 23).to(gl.float32, bitcast=True)  # 2^−sc / 16
+        # an inf or NaN in x has no fixed-point form: make the sums NaN, as the half2 products would
+        inv = gl.where(hb >= 0x7C00, float("nan"), inv)
         zero16 = -16 * z
         part = _quad_dot_int(wq1, xq, mul, zero16, zero2, nt_l)
         if WPT == 8:

@@ -271,6 +271,12 @@ def test_gluon_row_kernel_on_gpu(k, n, group, mma, int_dot):
         assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt, tsum)
         col_err = (y.double() - ref).abs()[0] / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
+    for bad in (float("nan"), float("inf")):  # every output depends on every x: none may stay finite
+        xb = x.clone()
+        xb[0, k // 3] = bad
+        y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+        gk.row_gemv(xb, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, int_dot=int_dot)
+        assert not y.isfinite().any(), (bad, int(y.isfinite().sum()))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
