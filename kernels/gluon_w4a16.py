@@ -544,8 +544,7 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
     if TSUM:  # transposed through shared memory: a thread sums one column's TK partials, one atomic each
         sum_l: gl.constexpr = gl.BlockedLayout([1, TK], [32, 1], [W, 1], [1, 0])
         y = gl.sum(gl.convert_layout(part, sum_l), axis=1)
-        rows = nt * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, sum_l))
-        rows_s = gl.minimum(rows, N - 1)
+        rows, _, rows_s = _row_rows(nt, N, BN, RPT, False, sum_l)  # this layout's columns
     else:  # by shuffles
         y = gl.sum(part, axis=1)  # (BN,)
     if HAS_BIAS:
