@@ -348,25 +348,71 @@ def _x_fixed(x0, x1, x2, x3, mul):
 
 
 @gluon.jit
-def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
-    """Σ (q − z)·x·2^sc·16 over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, exact
-    in int32, as fp32 (BN, TK); ``zero16`` is −16·z per column."""
+def _dot_int(wq, xf, start, zero2, nt_l: gl.constexpr):
+    """Σ q·x·2^sc·16 + ``start`` over a thread's four consecutive words ``wq`` (BN, TK, 4) per column,
+    exact in int32, as fp32 (BN, TK); ``xf`` the 16 fixed-point x pairs (four per word, ``_x_fixed``)."""
     w0, w1, w2, w3 = _quad_words(wq, nt_l)
-    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
-    f00, f01, f02, f03, s0 = _x_fixed(x00, x01, x02, x03, mul)
-    f10, f11, f12, f13, s1 = _x_fixed(x10, x11, x12, x13, mul)
-    f20, f21, f22, f23, s2 = _x_fixed(x20, x21, x22, x23, mul)
-    f30, f31, f32, f33, s3 = _x_fixed(x30, x31, x32, x33, mul)
-    sx = (s0 + s1) + (s2 + s3)
+    f00, f01, f02, f03, f10, f11, f12, f13, f20, f21, f22, f23, f30, f31, f32, f33 = xf
     return gl.inline_asm_elementwise(
         _DOT32_INT, "=f" + ",r" * 21,
         [w0, w1, w2, w3,
          f00[None, :] + zero2, f01[None, :] + zero2, f02[None, :] + zero2, f03[None, :] + zero2,
          f10[None, :] + zero2, f11[None, :] + zero2, f12[None, :] + zero2, f13[None, :] + zero2,
          f20[None, :] + zero2, f21[None, :] + zero2, f22[None, :] + zero2, f23[None, :] + zero2,
-         f30[None, :] + zero2, f31[None, :] + zero2, f32[None, :] + zero2, f33[None, :] + zero2,
-         zero16 * sx[None, :]],
+         f30[None, :] + zero2, f31[None, :] + zero2, f32[None, :] + zero2, f33[None, :] + zero2, start],
         dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
+    """Σ (q − z)·x·2^sc·16 over a thread's four consecutive words ``wq`` (BN, TK, 4) per column, exact
+    in int32, as fp32 (BN, TK); ``zero16`` is −16·z per column."""
+    x00, x01, x02, x03, x10, x11, x12, x13, x20, x21, x22, x23, x30, x31, x32, x33 = xq
+    f00, f01, f02, f03, s0 = _x_fixed(x00, x01, x02, x03, mul)
+    f10, f11, f12, f13, s1 = _x_fixed(x10, x11, x12, x13, mul)
+    f20, f21, f22, f23, s2 = _x_fixed(x20, x21, x22, x23, mul)
+    f30, f31, f32, f33, s3 = _x_fixed(x30, x31, x32, x33, mul)
+    sx = (s0 + s1) + (s2 + s3)
+    return _dot_int(wq, (f00, f01, f02, f03, f10, f11, f12, f13, f20, f21, f22, f23, f30, f31, f32, f33),
+                    zero16 * sx[None, :], zero2, nt_l)
+
+
+@gluon.jit
+def _rows4(v):
+    """(4, TK) with dim 0 in a thread's registers → its four rows, (TK,) each."""
+    a, b = gl.split(gl.reshape(v.permute(1, 0), [v.shape[1], 2, 2]))  # row 2h + l: a has l = 0, b l = 1
+    r0, r2 = gl.split(a)
+    r1, r3 = gl.split(b)
+    return r0, r1, r2, r3
+
+
+@gluon.jit
+def _x_fixed_shared(x32_ptr, kc, k8, MMA: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, nt_l: gl.constexpr):
+    """x of a thread's four words in fixed point, rounded once per warp: the four lane groups that hold
+    the same K slice (and different columns) round one word each, then gather the packed pairs
+    (a layout conversion: ldmatrix/stmatrix through 128 bytes of shared memory). Returns the 16 pairs
+    (word-major), Σx and max|x| as fp16 bits, in the layout of ``nt_l``'s K slice."""
+    XL: gl.constexpr = gl.BlockedLayout([1, 1], [4, TK], [W, 1], [1, 0])  # lane group g: word g
+    XB: gl.constexpr = gl.BlockedLayout([4, 1], [4, TK], [W, 1], [1, 0])  # every lane: all four words
+    jw = (kc * (4 * TK) + 4 * gl.arange(0, TK, layout=gl.SliceLayout(0, XL))[None, :]
+          + gl.arange(0, 4, layout=gl.SliceLayout(1, XL))[:, None])
+    x0, x1, x2, x3 = _x_word(x32_ptr, jw, jw < k8, MMA)
+    m = _abs_max4(x0, x1, x2, x3)
+    hb = gl.max(gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF), axis=0)  # an inf or NaN: ≥ 0x7C00
+    mul = ((155 - (hb >> 10)) << 23).to(gl.float32, bitcast=True)  # 2^sc, sc = 28 − exponent (_row_math)
+    f0, f1, f2, f3, s = _x_fixed(x0, x1, x2, x3, mul[None, :] + gl.zeros([4, TK], gl.float32, XL))
+    a0, a1, a2, a3 = _rows4(gl.convert_layout(f0, XB))
+    b0, b1, b2, b3 = _rows4(gl.convert_layout(f1, XB))
+    c0, c1, c2, c3 = _rows4(gl.convert_layout(f2, XB))
+    d0, d1, d2, d3 = _rows4(gl.convert_layout(f3, XB))
+    k_l: gl.constexpr = gl.SliceLayout(0, nt_l)
+    xf = (gl.convert_layout(a0, k_l), gl.convert_layout(b0, k_l), gl.convert_layout(c0, k_l),
+          gl.convert_layout(d0, k_l), gl.convert_layout(a1, k_l), gl.convert_layout(b1, k_l),
+          gl.convert_layout(c1, k_l), gl.convert_layout(d1, k_l), gl.convert_layout(a2, k_l),
+          gl.convert_layout(b2, k_l), gl.convert_layout(c2, k_l), gl.convert_layout(d2, k_l),
+          gl.convert_layout(a3, k_l), gl.convert_layout(b3, k_l), gl.convert_layout(c3, k_l),
+          gl.convert_layout(d3, k_l))
+    return xf, gl.convert_layout(gl.sum(s, axis=0), k_l), gl.convert_layout(hb, k_l)
 
 
 @gluon.jit
@@ -499,21 +545,23 @@ def _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP: gl.
 
 @gluon.jit
 def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc, N, k8, MMA: gl.constexpr,
-              INT: gl.constexpr, TSUM: gl.constexpr, HAS_BIAS: gl.constexpr, RPT: gl.constexpr, WPT: gl.constexpr,
-              TK: gl.constexpr, W: gl.constexpr, L3: gl.constexpr):
+              INT: gl.constexpr, XS: gl.constexpr, TSUM: gl.constexpr, HAS_BIAS: gl.constexpr, RPT: gl.constexpr,
+              WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, L3: gl.constexpr):
     """The partial sums of K chunk kc for the columns ``rows`` (``_row_rows``), added into the zeroed
     fp32 output (the bias by K chunk 0)."""
     nt_l: gl.constexpr = gl.SliceLayout(2, L3)
     BN: gl.constexpr = RPT * (32 // TK) * W
     z = (zw >> _zero_shift(rows_c)[:, None]) & 0xF
-    jx = kc * (WPT * TK) + WPT * gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l))
-    xm = jx < k8
     zero2 = gl.zeros([BN, TK], gl.int32, nt_l)
-    xq, m = _x_quad(x32_ptr, jx, xm, MMA)
-    if WPT == 8:
-        xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
-        m = _max_h2(m, m2)
-    hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
+    if XS:
+        xf, sx, hb = _x_fixed_shared(x32_ptr, kc, k8, MMA, TK, W, nt_l)
+    else:
+        jx = kc * (WPT * TK) + WPT * gl.arange(0, TK, layout=gl.SliceLayout(0, nt_l))
+        xq, m = _x_quad(x32_ptr, jx, jx < k8, MMA)
+        if WPT == 8:
+            xq2, m2 = _x_quad(x32_ptr, jx + 4, (jx + 4) < k8, MMA)
+            m = _max_h2(m, m2)
+        hb = gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF)  # largest |x| as fp16 bits (monotonic for |x|)
     if WPT == 4:
         wq1 = words
     else:
@@ -526,9 +574,12 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
         # an inf or NaN in x has no fixed-point form: make the sums NaN, as the half2 products would
         inv = gl.where(hb >= 0x7C00, float("nan"), inv)
         zero16 = -16 * z
-        part = _quad_dot_int(wq1, xq, mul, zero16, zero2, nt_l)
-        if WPT == 8:
-            part += _quad_dot_int(wq2, xq2, mul, zero16, zero2, nt_l)
+        if XS:
+            part = _dot_int(wq1, xf, zero16 * sx[None, :], zero2, nt_l)
+        else:
+            part = _quad_dot_int(wq1, xq, mul, zero16, zero2, nt_l)
+            if WPT == 8:
+                part += _quad_dot_int(wq2, xq2, mul, zero16, zero2, nt_l)
     else:
         # −(1024 + z) and −(64 + z) as fp16 bit patterns, twice (exact): 0xE400 + z and 0xD400 + 16z
         nb1 = z * 0x10001 - 469703680  # + 0xE400E400
@@ -554,10 +605,10 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
 
 @gluon.jit
 def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
-                GROUP: gl.constexpr, MMA: gl.constexpr, INT: gl.constexpr, TSUM: gl.constexpr, HAS_BIAS: gl.constexpr,
-                EVEN_K: gl.constexpr,
+                GROUP: gl.constexpr, MMA: gl.constexpr, INT: gl.constexpr, XS: gl.constexpr, TSUM: gl.constexpr,
+                HAS_BIAS: gl.constexpr, EVEN_K: gl.constexpr,
                 RPT: gl.constexpr, WPT: gl.constexpr, TK: gl.constexpr, W: gl.constexpr, VEC: gl.constexpr,
-                PDL: gl.constexpr):
+                PDL: gl.constexpr, K_FIRST: gl.constexpr):
     """One row: a program reduces RPT·(32/TK)·W columns × 8·WPT·TK k. A thread holds RPT consecutive
     columns × WPT (4 or 8) consecutive words (16-byte loads) — one group's zero point and scale per
     column, x for its own words only — so x is prepared once per thread for RPT columns and the only
@@ -566,13 +617,20 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     overflow), undone with the scale in fp32. INT: the products in integers instead — x rounded to
     16-bit fixed point per thread (largest |x| into [2^13, 2^14), so an element's error is at most
     2^−14 of the thread's largest), times the weight bytes by ``dp2a``, summed exactly in int32 (6
-    instructions per 8 weights against 13). Adds into a zeroed fp32 output (K-splits by atomics).
+    instructions per 8 weights against 13). XS (with INT, 4 words × 8 threads along k): the four lane
+    groups of a warp that read the same x round a word each and gather the rest (``_x_fixed_shared``).
+    Adds into a zeroed fp32 output (K-splits by atomics).
     All weight loads are issued before any math (a barrier; ptxas would otherwise interleave them
     with it to save registers). PDL: they are also issued before waiting for the previous kernel,
-    whose output x is."""
+    whose output x is. K_FIRST: consecutive programs take consecutive K chunks of one column tile
+    (their weights one contiguous block) rather than the same K chunk of consecutive tiles."""
     L3: gl.constexpr = gl.BlockedLayout([RPT, 1, WPT], [32 // TK, TK, 1], [W, 1, 1], [2, 1, 0])
-    nt = gl.program_id(0)
-    kc = gl.program_id(1)
+    if K_FIRST:
+        kc = gl.program_id(0)
+        nt = gl.program_id(1)
+    else:
+        nt = gl.program_id(0)
+        kc = gl.program_id(1)
     rows, rows_c, rows_s = _row_rows(nt, N, RPT * (32 // TK) * W, RPT, VEC, gl.SliceLayout(2, L3))
     words, s, zw = _row_load(q_ptr, qz_ptr, s_ptr, rows_c, rows_s, nt, kc, N, K, k8, GROUP, EVEN_K, RPT, WPT, TK, W,
                              VEC, L3)
@@ -580,8 +638,8 @@ def _row_kernel(x32_ptr, q_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, N, K, k8,
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc, N, k8, MMA, INT, TSUM, HAS_BIAS, RPT,
-              WPT, TK, W, L3)
+    _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc, N, k8, MMA, INT, XS, TSUM, HAS_BIAS,
+              RPT, WPT, TK, W, L3)
 
 
 def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
@@ -592,33 +650,41 @@ def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
              tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False, int_dot: bool = False,
-             tsum: bool = False) -> torch.Tensor:
+             tsum: bool = False, x_shared: bool = False, k_first: bool = False) -> torch.Tensor:
     """x (1, K) fp16 → adds x·W (+ bias) into ``out``, a zeroed fp32 (1, N); ``qweight_k`` K-major
     (N, K/8), in the mma order if ``mma`` (group 128). A program: ``rpt``·(32/``tk``)·``warps``
     columns × 8·``wpt``·``tk`` k; ``wpt`` 8 needs groups of 64 or more. ``pdl``: launched as a
-    programmatic dependent of the previous kernel (sm_90)."""
+    programmatic dependent of the previous kernel (sm_90). ``x_shared`` (integer products, ``wpt`` 4,
+    ``tk`` 8): x rounded once per warp instead of once per lane group. ``k_first``: the grid walks the
+    K chunks of a column tile first."""
     m, k = x.shape
     n = scales.shape[1]
     assert m == 1 and x.dtype == torch.float16 and x.is_contiguous() and k % 32 == 0 and group_size >= 8 * wpt
     assert qweight_k.shape == (n, k // 8) and out.dtype == torch.float32 and (not mma or group_size == 128)
+    assert not x_shared or (int_dot and wpt == 4 and tk == 8), "x_shared needs int_dot, wpt 4 and tk 8"
     bn, ck = row_tile(rpt, tk, warps, wpt)
-    _row_kernel[(triton.cdiv(n, bn), triton.cdiv(k, ck))](
+    grid = (triton.cdiv(n, bn), triton.cdiv(k, ck))
+    _row_kernel[grid[::-1] if k_first else grid](
         x.view(torch.int32), qweight_k, qzeros, scales, bias if bias is not None else scales, out, n, k, k // 8,
-        GROUP=group_size, MMA=mma, INT=int_dot, TSUM=tsum, HAS_BIAS=bias is not None, EVEN_K=k % ck == 0, RPT=rpt,
-        WPT=wpt, TK=tk, W=warps, VEC=n % rpt == 0, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        GROUP=group_size, MMA=mma, INT=int_dot, XS=x_shared, TSUM=tsum, HAS_BIAS=bias is not None,
+        EVEN_K=k % ck == 0, RPT=rpt, WPT=wpt, TK=tk, W=warps, VEC=n % rpt == 0, PDL=pdl, K_FIRST=k_first,
+        num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
     return out
 
 
 def compile_row_for(capability: int, rpt: int = 4, tk: int = 8, warps: int = 1, wpt: int = 4, mma: bool = True,
-                    pdl: bool = False, int_dot: bool = False, tsum: bool = False):
+                    pdl: bool = False, int_dot: bool = False, tsum: bool = False, x_shared: bool = False,
+                    k_first: bool = False):
     """Compile the one-row kernel for a GPU that need not be here (CI: sm_90 and sm_87)."""
     from triton.backends.compiler import GPUTarget
     src = gluon._runtime.GluonASTSource(
         fn=_row_kernel,
         signature={"x32_ptr": "*i32", "q_ptr": "*i32", "qz_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*fp16",
                    "y_ptr": "*fp32", "N": "i32", "K": "i32", "k8": "i32"},
-        constexprs={"GROUP": 128, "MMA": mma, "INT": int_dot, "TSUM": tsum, "HAS_BIAS": True, "EVEN_K": True,
-                    "RPT": rpt, "WPT": wpt, "TK": tk, "W": warps, "VEC": True, "PDL": pdl},
+        constexprs={"GROUP": 128, "MMA": mma, "INT": int_dot, "XS": x_shared, "TSUM": tsum, "HAS_BIAS": True,
+                    "EVEN_K": True, "RPT": rpt, "WPT": wpt, "TK": tk, "W": warps, "VEC": True, "PDL": pdl,
+                    "K_FIRST": k_first},
         attrs={(i,): [["tt.divisibility", 16]] for i in range(9)})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
 

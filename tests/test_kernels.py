@@ -235,7 +235,9 @@ def test_dispatch_on_gpu(m):
     assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
     assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
     assert lin.mma_order == (dispatch._gluon_module() is not None)  # group 128: the mma order where Gluon runs
-    for settings in (KernelSettings(), KernelSettings(row_int_dot=False), KernelSettings(row_gluon=False),
+    for settings in (KernelSettings(), KernelSettings(row_int_dot=False), KernelSettings(row_x_shared=True),
+                     KernelSettings(row_k_first=True),
+                     KernelSettings(row_gluon=False),
                      KernelSettings(row_h2=False, row_gluon=False),
                      KernelSettings(row_kernel="dot"),
                      KernelSettings(prefill_chunk_n=64), KernelSettings(gemm_max_m=0)):
@@ -260,23 +262,29 @@ def test_gluon_row_kernel_on_gpu(k, n, group, mma, int_dot):
     x[0, 3::11] *= 1e-4
     ref = _ref(x, lin)
     qk = to_mma(lin.qweight) if mma else to_kmajor(lin.qweight)
-    tiles = ((8, 8, 1, 4, False), (4, 4, 2, 4, False), (16, 8, 1, 4, True), (8, 4, 4, 4, False), (4, 8, 1, 8, True),
-             (8, 4, 2, 8, False), (8, 32, 1, 4, True))  # rpt, tk, warps, wpt, tsum
-    for rpt, tk, warps, wpt, tsum in tiles:
+    tiles = ((8, 8, 1, 4, False, False), (4, 4, 2, 4, False, False), (16, 8, 1, 4, True, False),
+             (8, 4, 4, 4, False, False), (4, 8, 1, 8, True, False), (8, 4, 2, 8, False, False),
+             (8, 32, 1, 4, True, False))  # rpt, tk, warps, wpt, tsum, x_shared
+    if int_dot:  # x rounded once per warp: 4 words × 8 threads along k only
+        tiles += ((8, 8, 1, 4, False, True), (4, 8, 2, 4, False, True), (16, 8, 1, 4, True, True),
+                  (8, 8, 4, 4, False, True))
+    for i, (rpt, tk, warps, wpt, tsum, xs) in enumerate(tiles):
         if wpt * 8 > group:
             continue
         y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+        kf = i % 2 == 1  # every other tile with the grid walking K chunks first
         gk.row_gemv(x, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, rpt=rpt, tk=tk, warps=warps, wpt=wpt,
-                    pdl=torch.cuda.get_device_capability()[0] >= 9, int_dot=int_dot, tsum=tsum)
-        assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt, tsum)
+                    pdl=torch.cuda.get_device_capability()[0] >= 9, int_dot=int_dot, tsum=tsum, x_shared=xs, k_first=kf)
+        assert _rel(y, ref) < 2e-3, (rpt, tk, warps, wpt, tsum, xs, kf)
         col_err = (y.double() - ref).abs()[0] / ref.abs().amax()
         assert (col_err < 1e-2).all(), f"columns {torch.nonzero(col_err >= 1e-2).flatten()[:8].tolist()} wrong"
     for bad in (float("nan"), float("inf")):  # every output depends on every x: none may stay finite
         xb = x.clone()
         xb[0, k // 3] = bad
-        y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
-        gk.row_gemv(xb, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, int_dot=int_dot)
-        assert not y.isfinite().any(), (bad, int(y.isfinite().sum()))
+        for xs in (False, True) if int_dot else (False,):
+            y = torch.zeros(1, n, dtype=torch.float32, device=DEVICE)
+            gk.row_gemv(xb, qk, lin.qzeros, lin.scales, lin.bias, y, group, mma=mma, int_dot=int_dot, x_shared=xs)
+            assert not y.isfinite().any(), (bad, xs, int(y.isfinite().sum()))
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Gluon kernels run on a GPU only (compile test below)")
@@ -411,6 +419,17 @@ def test_gluon_row_kernel_integer_products_compile(capability, wpt):
     ptx = _gluon_ptx("compile_row_for", capability, rpt=4, wpt=wpt, int_dot=True)
     assert ptx.count("dp2a.lo.s32.u32") + ptx.count("dp2a.hi.s32.u32") == 4 * 4 * wpt + 4 * wpt
     assert "fma.rn.f16x2" not in ptx and "st.shared" not in ptx
+
+
+@pytest.mark.parametrize("capability", [90, 87])
+def test_gluon_row_kernel_shared_x_compiles(capability):
+    """x rounded once per warp (``x_shared``): a lane rounds one of its four words (four ``dp2a`` for
+    its Σx instead of sixteen), the packed pairs gathered through shared memory, the products as before."""
+    pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
+    ptx = _gluon_ptx("compile_row_for", capability, rpt=4, wpt=4, int_dot=True, x_shared=True)
+    assert ptx.count("dp2a.lo.s32.u32") + ptx.count("dp2a.hi.s32.u32") == 4 * 4 * 4 + 4
+    assert ptx.count("0f4B400000") == 8  # the FMAs that round x: one word's 8 pairs' halves (32 without)
+    assert "stmatrix" in ptx or "st.shared" in ptx
 
 
 @pytest.mark.parametrize("capability,stages", [(90, 0), (87, 0), (90, 4), (87, 4)])

@@ -75,8 +75,12 @@ WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too
 _GROW_TILES = ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))
 _GROW_INT_TILES = _GROW_TILES + ((16, 8, 1, 4), (8, 8, 1, 8), (8, 8, 4, 4), (4, 8, 4, 4), (4, 8, 4, 8))
 _GROW_TSUM_TILES = ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 2, 8), (8, 32, 1, 4))
-GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p, int_dot=i, tsum=ts) for i, ts, tiles in
-             ((False, False, _GROW_TILES), (True, False, _GROW_INT_TILES), (True, True, _GROW_TSUM_TILES))
+_GROW_XS_TILES = ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 1, 4), (8, 8, 2, 4), (4, 8, 4, 4))  # x_shared: wpt 4, tk 8
+GROW_CFGS = [dict(rpt=r, tk=t, warps=w, wpt=p, int_dot=i, tsum=ts, x_shared=xs, k_first=kf) for i, ts, xs, kf, tiles in
+             ((False, False, False, False, _GROW_TILES), (True, False, False, False, _GROW_INT_TILES),
+              (True, True, False, False, _GROW_TSUM_TILES), (True, False, True, False, _GROW_XS_TILES),
+              (True, True, True, False, _GROW_XS_TILES[:2]), (True, False, False, True, _GROW_INT_TILES[:2]),
+              (True, False, True, True, _GROW_XS_TILES), (True, True, True, True, _GROW_XS_TILES[:3]))
              for r, t, w, p in tiles]
 CHUNKS = (None, 2048, 4096, 8192)  # prefill: dequantize the whole layer, or this many columns at a time
 
@@ -242,13 +246,15 @@ def main() -> None:
                                target_programs=cfg["programs_per_sm"] * sms, stages=cfg["stages"])
 
         # K-splits added straight into zeroed fp32 outputs: one memset for all calls of the graph, as
-        # a decode step zeroes every layer's outputs at once
-        arena = torch.zeros(len(copies), 16, n, dtype=torch.float32, device=dev)
+        # a decode step zeroes every layer's outputs at once — of the rows they write only (up to stop
+        # 23 the memset covered 16 rows at every M, which added 0.3-0.7 µs to each one-row call)
+        arena = torch.zeros(len(copies), 16, n, dtype=torch.float32, device=dev)  # error checks
 
         def acc_graph_us(x, call, cfg):
             m = x.shape[0]
-            calls = [lambda: arena.zero_()] + [lambda i=i, c=c: call(x, c, cfg, arena[i, :m])
-                                               for i, c in enumerate(copies)]
+            outs = torch.zeros(len(copies), m, n, dtype=torch.float32, device=dev)
+            calls = [lambda: outs.zero_()] + [lambda i=i, c=c: call(x, c, cfg, outs[i])
+                                              for i, c in enumerate(copies)]
             return graph_us(calls) * len(calls) / len(copies)
 
         def acc_tune(kind, m, cfgs, call):

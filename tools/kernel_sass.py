@@ -94,11 +94,13 @@ def main() -> None:
     ap.add_argument("--tk", type=int, default=8, help="gluon-row: threads along k")
     ap.add_argument("--int-dot", action="store_true", help="gluon-row: integer products (dp2a)")
     ap.add_argument("--tsum", action="store_true", help="gluon-row: sum over k through shared memory")
+    ap.add_argument("--xs", action="store_true", help="gluon-row: x rounded once per warp (with --int-dot)")
     ap.add_argument("--dump", action="store_true", help="print the SASS")
     a = ap.parse_args()
     if a.kind == "gluon-row":  # the Gluon one-row kernel, mma order, group 128
         from edge_awq.kernels import gluon_w4a16 as gk
-        k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt, int_dot=a.int_dot, tsum=a.tsum)
+        k = gk.compile_row_for(a.arch, rpt=a.rpt, tk=a.tk, warps=a.warps, wpt=a.wpt, int_dot=a.int_dot, tsum=a.tsum,
+                               x_shared=a.xs)
         weights = math.prod(gk.row_tile(a.rpt, a.tk, a.warps, a.wpt))
     else:
         src, weights = build(a.kind, a)
@@ -118,7 +120,8 @@ def main() -> None:
         print(f"K loop: {len(loop)} instructions per iteration, {len(loop) * threads / (a.block_n * a.group):.2f} "
               "per weight")
     meta = k.metadata
-    tile = (f"rpt={a.rpt} wpt={a.wpt} tk={a.tk}{' int' * a.int_dot}{' tsum' * a.tsum}" if a.kind == "gluon-row"
+    opts = f"{' int' * a.int_dot}{' tsum' * a.tsum}{' xs' * a.xs}"
+    tile = (f"rpt={a.rpt} wpt={a.wpt} tk={a.tk}{opts}" if a.kind == "gluon-row"
             else f"block_n={a.block_n} chunk_k={a.chunk_k}")
     print(f"{a.kind} sm_{a.arch} {tile} warps={a.warps}: {registers(k.asm['cubin'])}, "
           f"shared {meta.shared} B, {total} SASS instructions (static), weights/program {weights}, "
