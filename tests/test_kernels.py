@@ -235,8 +235,8 @@ def test_dispatch_on_gpu(m):
     assert lin.prepare(KernelSettings()) == "triton"  # K-major, and the weights still held once
     assert lin.qweight is None and lin.qweight_k.shape == (200, 512 // 8)
     assert lin.mma_order == (dispatch._gluon_module() is not None)  # group 128: the mma order where Gluon runs
-    for settings in (KernelSettings(), KernelSettings(row_int_dot=False), KernelSettings(row_x_shared=True),
-                     KernelSettings(row_k_first=True),
+    for settings in (KernelSettings(), KernelSettings(row_int_dot=False), KernelSettings(row_x_shared=False),
+                     KernelSettings(row_k_first=False), KernelSettings(row_words_per_thread=8),
                      KernelSettings(row_gluon=False),
                      KernelSettings(row_h2=False, row_gluon=False),
                      KernelSettings(row_kernel="dot"),
