@@ -378,6 +378,17 @@ def _quad_dot_int(wq, xq, mul, zero16, zero2, nt_l: gl.constexpr):
 
 
 @gluon.jit
+def _fixed_scale(hb):
+    """From the largest |x| as fp16 bits: 2^sc, which puts it in [2^13, 2^14) (rounded, x then fits 16
+    bits and the products' int32 sum is exact, < 2^31), and 2^−sc/16 to undo it — NaN where x holds an
+    inf or NaN, which have no fixed-point form (the sums turn NaN, as the half2 products would)."""
+    sc = 28 - (hb >> 10)
+    mul = ((127 + sc) << 23).to(gl.float32, bitcast=True)
+    inv = ((123 - sc) << 23).to(gl.float32, bitcast=True)
+    return mul, gl.where(hb >= 0x7C00, float("nan"), inv)
+
+
+@gluon.jit
 def _rows4(v):
     """(4, TK) with dim 0 in a thread's registers → its four rows, (TK,) each."""
     a, b = gl.split(gl.reshape(v.permute(1, 0), [v.shape[1], 2, 2]))  # row 2h + l: a has l = 0, b l = 1
@@ -399,7 +410,7 @@ def _x_fixed_shared(x32_ptr, kc, k8, MMA: gl.constexpr, TK: gl.constexpr, W: gl.
     x0, x1, x2, x3 = _x_word(x32_ptr, jw, jw < k8, MMA)
     m = _abs_max4(x0, x1, x2, x3)
     hb = gl.max(gl.maximum(m & 0x7FFF, (m >> 16) & 0x7FFF), axis=0)  # an inf or NaN: ≥ 0x7C00
-    mul = ((155 - (hb >> 10)) << 23).to(gl.float32, bitcast=True)  # 2^sc, sc = 28 − exponent (_row_math)
+    mul, _ = _fixed_scale(hb)
     f0, f1, f2, f3, s = _x_fixed(x0, x1, x2, x3, mul[None, :] + gl.zeros([4, TK], gl.float32, XL))
     a0, a1, a2, a3 = _rows4(gl.convert_layout(f0, XB))
     b0, b1, b2, b3 = _rows4(gl.convert_layout(f1, XB))
@@ -567,12 +578,7 @@ def _row_math(x32_ptr, b_ptr, y_ptr, words, s, zw, rows, rows_c, rows_s, nt, kc,
     else:
         wq1, wq2 = gl.split(gl.reshape(words, [BN, TK, 2, 4]).permute(0, 1, 3, 2))  # words 0-3, 4-7
     if INT:
-        # 2^sc · max|x| in [2^13, 2^14): rounded, x fits 16 bits; the products' sum is exact (< 2^31)
-        sc = 28 - (hb >> 10)
-        mul = ((127 + sc) << 23).to(gl.float32, bitcast=True)
-        inv = ((123 - sc) << 23).to(gl.float32, bitcast=True)  # 2^−sc / 16
-        # an inf or NaN in x has no fixed-point form: make the sums NaN, as the half2 products would
-        inv = gl.where(hb >= 0x7C00, float("nan"), inv)
+        mul, inv = _fixed_scale(hb)
         zero16 = -16 * z
         if XS:
             part = _dot_int(wq1, xf, zero16 * sx[None, :], zero2, nt_l)
