@@ -252,8 +252,8 @@ def _triton_linear(x: torch.Tensor, layer: PackedLinear, s: KernelSettings, scra
                                      rpt=s.row_columns_per_thread, wpt=s.row_words_per_thread, tk=s.row_k_threads,
                                      warps=s.row_gluon_warps, pdl=bool(s.pdl), int_dot=s.row_int_dot,
                                      tsum=s.row_sum_shared, k_first=s.row_k_first,
-                                     x_shared=s.row_x_shared and s.row_int_dot and s.row_words_per_thread == 4
-                                     and s.row_k_threads == 8)
+                                     x_shared=s.row_x_shared and _gluon_module().can_share_x(
+                                         s.row_int_dot, s.row_words_per_thread, s.row_k_threads))
             if acc is None:
                 y = y.to(x2.dtype)
         elif m == 1 and s.row_kernel == "row":

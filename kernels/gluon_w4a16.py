@@ -653,6 +653,12 @@ def row_tile(rpt: int, tk: int, warps: int, wpt: int) -> tuple[int, int]:
     return rpt * (32 // tk) * warps, 8 * wpt * tk
 
 
+def can_share_x(int_dot: bool, wpt: int, tk: int) -> bool:
+    """Whether a one-row tile can round x once per warp: integer products, four words per thread and
+    8 threads along k (the four lane groups of a warp then read the same K slice, a word each)."""
+    return int_dot and wpt == 4 and tk == 8
+
+
 def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
              bias: torch.Tensor | None, out: torch.Tensor, group_size: int, mma: bool = False, rpt: int = 4,
              tk: int = 8, warps: int = 1, wpt: int = 4, pdl: bool = False, int_dot: bool = False,
@@ -667,7 +673,7 @@ def row_gemv(x: torch.Tensor, qweight_k: torch.Tensor, qzeros: torch.Tensor, sca
     n = scales.shape[1]
     assert m == 1 and x.dtype == torch.float16 and x.is_contiguous() and k % 32 == 0 and group_size >= 8 * wpt
     assert qweight_k.shape == (n, k // 8) and out.dtype == torch.float32 and (not mma or group_size == 128)
-    assert not x_shared or (int_dot and wpt == 4 and tk == 8), "x_shared needs int_dot, wpt 4 and tk 8"
+    assert not x_shared or can_share_x(int_dot, wpt, tk), "x_shared needs int_dot, wpt 4 and tk 8"
     bn, ck = row_tile(rpt, tk, warps, wpt)
     grid = (triton.cdiv(n, bn), triton.cdiv(k, ck))
     _row_kernel[grid[::-1] if k_first else grid](
