@@ -23,7 +23,13 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 SPAN = gl.constexpr(128)
@@ -33,6 +39,8 @@ _barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 # TMA: async_copy_global_to_shared in Triton 3.5–3.6, async_load later
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+# TMA store: async_copy_shared_to_global in Triton 3.5–3.6, async_store later
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
 @gluon.jit
@@ -730,6 +738,23 @@ def _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS: gl.cons
 
 
 @gluon.jit
+def _tma_epilogue(acc, b_ptr, y_desc, y_smem, N, m0, n0, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Yᵀ tile (+ bias, in fp32) → fp16 into ``y_smem`` as y's (tokens, columns) box → one TMA store
+    (edges clipped by the descriptor). The warpgroup goes on at once; the next tile's epilogue first
+    waits until this store has read the buffer. Against ``_gemm_epilogue``: no rounds of shared-memory
+    scratch with two barriers each (16 per 64 × 256 tile)."""
+    if HAS_BIAS:
+        bn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc.type.layout))
+        acc += gl.load(b_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+    tma.store_wait(0)
+    _barrier()  # the previous store has read the buffer: every warp may overwrite it
+    y_smem.permute((1, 0)).store(acc.to(gl.float16))
+    fence_async_shared()
+    _barrier()  # every warp's part written before the store reads it
+    _tma_store(y_desc, [m0, n0], y_smem)
+
+
+@gluon.jit
 def _gemm_rows(n0, N, k8, BLOCK_N: gl.constexpr, WORD_L: gl.constexpr):
     """The tile's weight rows (past N: row N − 1, never stored, so loads need no mask), their word
     offsets in span 0 (words 4t, 4t + 1: half a span's fragment, one 8-byte load), the zero points'
@@ -828,60 +853,91 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
 
 
 @gluon.jit
-def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                 HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                 STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
-    """Warpgroup WG's HALF_N weight rows of the program's tile × BLOCK_M tokens: the span loop of
-    ``_gemm_kernel`` with x from the producer's ring; each span's slot is released (one arrival
-    of CONSUMERS) once this warpgroup's MMAs on it are done."""
+def _ws_tile(t, M, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr):
+    """Tile t's first token and first weight row: consecutive tiles share a weight tile, so it is read
+    from HBM once while the programs that use it run side by side."""
+    m_tiles = gl.cdiv(M, BLOCK_M)
+    return (t % m_tiles) * BLOCK_M, (t // m_tiles) * TILE_N
+
+
+@gluon.jit
+def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N, K, k8,
+                 stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
+                 STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
+                 TMA_STORE: gl.constexpr):
+    """Warpgroup WG's HALF_N weight rows of each of the program's tiles × BLOCK_M tokens: the span loop
+    of ``_gemm_kernel`` with x from the producer's ring; each span's slot is released (one arrival of
+    CONSUMERS) once this warpgroup's MMAs on it are done. ``g`` counts spans over all the program's
+    tiles (ring slots, phases and turns run on across tiles). With fewer programs than tiles (the
+    persistent launch) the next tile's first words are loaded before this tile's epilogue, and the
+    other consumer's last MMAs run while this one stores."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    m_tiles = gl.cdiv(M, BLOCK_M)
-    pid = gl.program_id(0)
-    m0 = (pid % m_tiles) * BLOCK_M
-    n0 = (pid // m_tiles) * (CONSUMERS * HALF_N) + WG * HALF_N
+    tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, CONSUMERS * HALF_N)
+    step = gl.num_programs(0)
     spans = K // SPAN
-    rows, wofs, zsh, magic, zero3 = _gemm_rows(n0, N, k8, HALF_N, WORD_L)
+    m0, n0 = _ws_tile(gl.program_id(0), M, BLOCK_M, CONSUMERS * HALF_N)
+    rows, wofs, zsh, magic, zero3 = _gemm_rows(n0 + WG * HALF_N, N, k8, HALF_N, WORD_L)
     w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
-    acc = gl.zeros([HALF_N, BLOCK_M], gl.float32, mma)
-    for sp in range(spans):
-        w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
-        slot = sp % STAGES
-        acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot, (sp // STAGES) & 1,
-                        HALF_N, a_l, turn if PINGPONG else None, WG, sp)
-        mbarrier.arrive(empty.index(slot), count=1)
-        w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
-    _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)
+    g = 0
+    for t in range(gl.program_id(0), tiles, step):
+        acc = gl.zeros([HALF_N, BLOCK_M], gl.float32, mma)
+        for sp in range(spans):
+            w0_n, w1_n, zw_n, s_n = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, gl.minimum(sp + 1, spans - 1))
+            slot = g % STAGES
+            acc = _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready.index(slot), slot,
+                            (g // STAGES) & 1, HALF_N, a_l, turn if PINGPONG else None, WG, g)
+            mbarrier.arrive(empty.index(slot), count=1)
+            w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
+            g += 1
+        m1, n1 = _ws_tile(gl.minimum(t + step, tiles - 1), M, BLOCK_M, CONSUMERS * HALF_N)
+        if step < tiles:  # persistent: the next tile's first span in flight during the epilogue
+            rows, wofs, zsh, magic, zero3 = _gemm_rows(n1 + WG * HALF_N, N, k8, HALF_N, WORD_L)
+            w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
+        if TMA_STORE:
+            _tma_epilogue(acc, b_ptr, y_desc, y_smem.index(WG), N, m0, n0 + WG * HALF_N, HAS_BIAS, HALF_N)
+        else:
+            _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0 + WG * HALF_N, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, 4)
+        m0, n0 = m1, n1
+    if TMA_STORE:
+        tma.store_wait(0)
 
 
 @gluon.jit
-def _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: x span by span into the ring, each slot refilled once every consumer released it."""
-    m0 = (gl.program_id(0) % gl.cdiv(M, BLOCK_M)) * BLOCK_M
-    for sp in range(K // SPAN):
-        slot = sp % STAGES
-        mbarrier.wait(empty.index(slot), ((sp // STAGES) & 1) ^ 1)
-        _load_x_span(x_desc, ready.index(slot), x_smem, slot, m0, sp)
+def _ws_producer(x_desc, x_smem, ready, empty, M, N, K, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr,
+                 STAGES: gl.constexpr):
+    """One warp: x span by span into the ring for each of the program's tiles, each slot refilled once
+    every consumer released it (so it runs up to STAGES spans ahead, into the next tile too)."""
+    tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, TILE_N)
+    spans = K // SPAN
+    g = 0
+    for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        m0, _ = _ws_tile(t, M, BLOCK_M, TILE_N)
+        for sp in range(spans):
+            slot = g % STAGES
+            mbarrier.wait(empty.index(slot), ((g // STAGES) & 1) ^ 1)
+            _load_x_span(x_desc, ready.index(slot), x_smem, slot, m0, sp)
+            g += 1
 
 
 @gluon.jit
-def _ws_partition(x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
-                  stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr,
+def _ws_partition(x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N, K,
+                  k8, stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr,
                   WORD_L: gl.constexpr, STAGES: gl.constexpr, CONSUMERS: gl.constexpr, ROLE: gl.constexpr,
-                  PINGPONG: gl.constexpr):
+                  PINGPONG: gl.constexpr, TMA_STORE: gl.constexpr):
     """ROLE ≥ 0: consumer warpgroup ROLE; −1: the producer warp."""
     if ROLE < 0:
-        _ws_producer(x_desc, x_smem, ready, empty, M, K, BLOCK_M, STAGES)
+        _ws_producer(x_desc, x_smem, ready, empty, M, N, K, BLOCK_M, CONSUMERS * HALF_N, STAGES)
     else:
-        _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
-                     HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, ROLE, PINGPONG)
+        _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N, K, k8,
+                     stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, ROLE, PINGPONG, TMA_STORE)
 
 
 @gluon.jit
-def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
+def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, M, N, K, k8, stride_ym,
                     HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
-                    STAGES: gl.constexpr, REGS: gl.constexpr, PINGPONG: gl.constexpr):
+                    STAGES: gl.constexpr, REGS: gl.constexpr, PINGPONG: gl.constexpr, TMA_STORE: gl.constexpr):
     """``_gemm_kernel`` warp-specialized: a producer warp brings x by TMA; two consumer warpgroups,
     each on HALF_N of the program's weight rows, dequantize and multiply, so one dequantizes while
     the other's MMAs run (in ``_gemm_kernel`` the CTA-wide barriers around the slot refills kept
@@ -889,9 +945,14 @@ def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     MMAs (``_span_mma``); left to themselves they shared the tensor cores, finished their spans
     together and dequantized together while the tensor cores idled (84 % busy, ping-pong 0.94–0.98×
     fp16 at 2048 rows instead of 0.71–0.88×: docs/kernel-notes.md, 35). Three consumers of 128
-    tokens did worse at 1024–2048 rows (30)."""
+    tokens did worse at 1024–2048 rows (30). TMA_STORE: each consumer stores its tile through its
+    own (BLOCK_M, HALF_N) buffer and one TMA store (``_tma_epilogue``)."""
     CONSUMERS: gl.constexpr = 2
     x_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, HALF], x_desc.layout)
+    if TMA_STORE:
+        y_smem = gl.allocate_shared_memory(gl.float16, [CONSUMERS, BLOCK_M, HALF_N], y_desc.layout)
+    else:
+        y_smem = x_smem  # not used
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -901,12 +962,15 @@ def _gemm_ws_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=CONSUMERS)  # one arrival per consumer warpgroup
     gl.warp_specialize([
-        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
-                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 0, PINGPONG)),
-        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
-                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 1, PINGPONG)),
-        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
-                         stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, -1, PINGPONG)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N,
+                         K, k8, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 0, PINGPONG,
+                         TMA_STORE)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N,
+                         K, k8, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, 1, PINGPONG,
+                         TMA_STORE)),
+        (_ws_partition, (x_desc, x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N,
+                         K, k8, stride_ym, HAS_BIAS, BLOCK_M, HALF_N, WORD_L, STAGES, CONSUMERS, -1, PINGPONG,
+                         TMA_STORE)),
     ], [4, 1], [REGS, 24])
 
 
@@ -934,14 +998,15 @@ def gemm_config(m: int) -> dict:
 def prefill_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     """x·W (+ bias) for 17+ rows on sm_90: the warp-specialized ``mma_gemm_ws`` on tiles of 256
-    tokens, or of 128, when that still makes programs for most of the SMs (70 %), else ``mma_gemm``'s
-    smaller tiles — the best of them at 128–2048 rows on Llama-7B/8B shapes (H100,
-    docs/benchmarks.md)."""
+    tokens (one program per SM walking them, the output by TMA stores), or of 128, when that still
+    makes programs for most of the SMs (70 %), else ``mma_gemm``'s smaller tiles — the best of them
+    at 128–2048 rows on Llama-7B/8B shapes (H100, docs/benchmarks.md)."""
     m, n = x.shape[0], scales.shape[1]
-    enough = 0.7 * torch.cuda.get_device_properties(x.device).multi_processor_count
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    enough = 0.7 * sms
     row_tiles = triton.cdiv(n, 128)
-    if m >= 256 and triton.cdiv(m, 256) * row_tiles >= enough:
-        return mma_gemm_ws(x, qweight_m, qzeros, scales, bias)
+    if m >= 256 and triton.cdiv(m, 256) * row_tiles >= enough:  # persistent, TMA stores: 3-5 % at 2048 rows
+        return mma_gemm_ws(x, qweight_m, qzeros, scales, bias, programs=sms, tma_store=n % 8 == 0)
     if triton.cdiv(m, 128) * row_tiles >= enough:
         return mma_gemm_ws(x, qweight_m, qzeros, scales, bias, block_m=128, stages=4, regs=200)
     return mma_gemm(x, qweight_m, qzeros, scales, bias, **gemm_config(m))
@@ -982,37 +1047,48 @@ def mma_gemm(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, sca
 
 def mma_gemm_ws(x: torch.Tensor, qweight_m: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor | None, out: torch.Tensor | None = None, block_m: int = 256, stages: int = 2,
-                regs: int = 240, maxnreg: int = 168, pingpong: bool = True) -> torch.Tensor:
-    """``mma_gemm`` by the warp-specialized kernel: 128 weight rows × ``block_m`` tokens per program,
+                regs: int = 240, maxnreg: int = 168, pingpong: bool = True, programs: int = 0,
+                tma_store: bool = False) -> torch.Tensor:
+    """``mma_gemm`` by the warp-specialized kernel: 128 weight rows × ``block_m`` tokens per tile,
     ``regs`` registers per consumer thread (the producer warp gets 24; ``maxnreg`` is the budget the
-    compiler shares out); ``pingpong``: the two consumers take turns on the tensor cores (``_span_mma``)."""
+    compiler shares out); ``pingpong``: the two consumers take turns on the tensor cores (``_span_mma``);
+    ``programs``: 0 for one program per tile, else that many programs walk the tiles (persistent: the
+    next tile's x and first words arrive while this one's epilogue runs); ``tma_store``: the output
+    tiles leave by TMA stores (2 × 32 KB more shared memory at 256 tokens)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     m, n, k, y, desc = _gemm_args(x, qweight_m, scales, out, block_m)
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, 128),)
-    _gemm_ws_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, m, n, k, k // 8,
-                          y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, HALF_N=64,
-                          WORD_L=gemm_word_layout(64, 4), STAGES=stages, REGS=regs, PINGPONG=pingpong, num_warps=4,
-                          maxnreg=maxnreg)
+    assert not tma_store or (n * 2) % 16 == 0, "TMA stores need 16-byte aligned rows"
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, 128)
+    grid = (min(tiles, programs) if programs else tiles,)
+    y_desc = TensorDescriptor.from_tensor(y, [block_m, 64], _x_layout()) if tma_store else desc  # else unused
+    _gemm_ws_kernel[grid](desc, qweight_m, qzeros, scales, bias if bias is not None else scales, y, y_desc, m, n, k,
+                          k // 8, y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m, HALF_N=64,
+                          WORD_L=gemm_word_layout(64, 4), STAGES=stages, REGS=regs, PINGPONG=pingpong,
+                          TMA_STORE=tma_store, num_warps=4, maxnreg=maxnreg)
     return y
 
 
 def compile_gemm_for(capability: int = 90, block_m: int = 128, block_n: int = 64, warps: int = 4, stages: int = 3,
-                     ws: bool = False, pingpong: bool = True):
+                     ws: bool = False, pingpong: bool = True, tma_store: bool = False):
     """Compile a prefill kernel for a GPU that need not be here (CI: sm_90): ``mma_gemm``'s with these
-    tiles, or (``ws``) ``mma_gemm_ws``'s with its defaults and ``block_m``/``stages``."""
+    tiles, or (``ws``) ``mma_gemm_ws``'s with its defaults and ``block_m``/``stages``/``tma_store``."""
     from triton.backends.compiler import GPUTarget
     lay = _x_layout()
     signature = {"x_desc": f"tensordesc<fp16[{block_m},64],{lay!r}>", "qm_ptr": "*i32", "qz_ptr": "*i32",
                  "s_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16", "M": "i32", "N": "i32", "K": "i32",
                  "k8": "i32", "stride_ym": "i32"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)}
     if ws:
+        signature = {**dict(list(signature.items())[:6]), "y_desc": f"tensordesc<fp16[{block_m},64],{lay!r}>",
+                     **dict(list(signature.items())[6:])}
         src = gluon._runtime.GluonASTSource(
-            fn=_gemm_ws_kernel, signature=signature, attrs=attrs,
+            fn=_gemm_ws_kernel, signature=signature, attrs={(i,): [["tt.divisibility", 16]] for i in
+                                                            (1, 2, 3, 4, 5, 8, 9, 10, 11)},
             constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "HALF_N": 64, "WORD_L": gemm_word_layout(64, 4),
-                        "STAGES": stages, "REGS": 240, "PINGPONG": pingpong})
+                        "STAGES": stages, "REGS": 240, "PINGPONG": pingpong, "TMA_STORE": tma_store})
         return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4, "maxnreg": 168})
     src = gluon._runtime.GluonASTSource(
-        fn=_gemm_kernel, signature=signature, attrs=attrs,
+        fn=_gemm_kernel, signature=signature,
+        attrs={(i,): [["tt.divisibility", 16]] for i in (1, 2, 3, 4, 5, 7, 8, 9, 10)},
         constexprs={"HAS_BIAS": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "W": warps,
                     "WORD_L": gemm_word_layout(block_n, warps), "STAGES": stages})
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})

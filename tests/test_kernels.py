@@ -329,7 +329,16 @@ def test_gluon_gemm_on_gpu(m, k, n):
              "warp-specialized 128/4": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias, out=out,
                                                                   block_m=128, stages=4, regs=200),
              "warp-specialized, no ping-pong": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias,
-                                                                          out=out, pingpong=False)}
+                                                                          out=out, pingpong=False),
+             # fewer programs than tiles: each walks several (ring, phases and turns carried across tiles)
+             "warp-specialized, 3 programs": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias,
+                                                                        out=out, programs=3),
+             "warp-specialized 128/4, 2 programs": lambda out: gk.mma_gemm_ws(
+                 x, qm, lin.qzeros, lin.scales, lin.bias, out=out, block_m=128, stages=4, regs=200, programs=2),
+             "warp-specialized, TMA stores": lambda out: gk.mma_gemm_ws(x, qm, lin.qzeros, lin.scales, lin.bias,
+                                                                        out=out, tma_store=True),
+             "warp-specialized, TMA stores, 3 programs": lambda out: gk.mma_gemm_ws(
+                 x, qm, lin.qzeros, lin.scales, lin.bias, out=out, tma_store=True, programs=3)}
     for cfg, call in calls.items():
         out = torch.full((m, n), float("nan"), dtype=torch.float16, device=DEVICE)
         call(out)
@@ -388,6 +397,11 @@ def test_gluon_gemm_compiles_for_hopper(kind):
     if kind == "warp-specialized":  # x's ready/empty waits, and the consumers' turn waits of the ping-pong
         nopp = _gluon_ptx("compile_gemm_for", 90, **kw, pingpong=False)
         assert ptx.count("mbarrier.try_wait") == nopp.count("mbarrier.try_wait") + 2
+        # the output by TMA: one bulk store per consumer warpgroup, fenced after the shared-memory writes,
+        # instead of the plain 16-byte stores of the shared-memory round trip
+        tma = _gluon_ptx("compile_gemm_for", 90, **kw, tma_store=True)
+        assert tma.count("cp.async.bulk.tensor.2d.global.shared::cta") == 2 and "fence.proxy.async" in tma
+        assert "st.global.v4" in ptx and "st.global.v4" not in tma
 
 
 @pytest.mark.parametrize("capability,wpt", [(90, 4), (87, 4), (90, 8)])

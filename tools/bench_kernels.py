@@ -72,6 +72,8 @@ GEMM_CFGS = [dict(block_m=bm, block_n=bn, warps=w, stages=st) for bm, bn, w, st 
              ((256, 128, 8, 3), (256, 128, 8, 2), (128, 128, 8, 4), (128, 64, 4, 3), (64, 64, 4, 4))]
 WS_CFGS = [dict(c, pingpong=pp) for pp in (True, False)  # without ping-pong too: docs/kernel-notes.md, 35
            for c in (dict(block_m=256, stages=2), dict(block_m=256, stages=3), dict(block_m=128, stages=4, regs=200))]
+WS_CFGS += [dict(block_m=256, stages=st, programs=-1) for st in (2, 3)]  # persistent: one program per SM
+WS_CFGS += [dict(block_m=256, stages=2, tma_store=True, programs=p) for p in (0, -1)]  # output by TMA stores
 _GROW_TILES = ((4, 8, 1, 4), (8, 8, 1, 4), (8, 8, 2, 4), (4, 8, 2, 8), (4, 8, 1, 8), (4, 4, 1, 8))
 _GROW_INT_TILES = _GROW_TILES + ((16, 8, 1, 4), (8, 8, 1, 8), (8, 8, 4, 4), (4, 8, 4, 4), (4, 8, 4, 8))
 _GROW_TSUM_TILES = ((8, 8, 1, 4), (16, 8, 1, 4), (4, 8, 2, 8), (8, 32, 1, 4))
@@ -368,8 +370,10 @@ def main() -> None:
                     y = torch.empty(m, n, dtype=torch.float16, device=dev)
                     gemms = [(f"gluon-gemm {c['block_m']}x{c['block_n']}/{c['stages']}", gk.mma_gemm, c)
                              for c in GEMM_CFGS]  # the warpgroup-MMA GEMM, then the warp-specialized one
-                    gemms += [(f"gluon-ws {c['block_m']}x128/{c['stages']}{' pp' if c['pingpong'] else ''}",
-                               gk.mma_gemm_ws, c) for c in WS_CFGS]
+                    gemms += [(f"gluon-ws {c['block_m']}x128/{c['stages']}{' pp' if c.get('pingpong', True) else ''}"
+                               f"{' persistent' if c.get('programs') else ''}"
+                               f"{' tma-store' if c.get('tma_store') else ''}",
+                               gk.mma_gemm_ws, {**c, 'programs': sms} if c.get('programs') else c) for c in WS_CFGS]
                     for label, gemm, cfg in gemms:
                         y.fill_(float("nan"))
                         errs[label] = rel_err(gemm(x, qk, qz, sc, None, out=y, **cfg), ref)
