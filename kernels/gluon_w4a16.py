@@ -723,13 +723,20 @@ def _a_half(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, a_l: gl.cons
 
 
 @gluon.jit
+def _tile_bias(acc, b_ptr, N, n0, HAS_BIAS: gl.constexpr, BLOCK_N: gl.constexpr):
+    """The Yᵀ tile's fp32 sums plus the bias of its weight rows n0 … n0 + BLOCK_N − 1 (if any)."""
+    if HAS_BIAS:
+        bn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc.type.layout))
+        acc += gl.load(b_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+    return acc
+
+
+@gluon.jit
 def _gemm_epilogue(acc, b_ptr, y_ptr, M, N, m0, n0, stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, W: gl.constexpr):
     """Yᵀ tile (+ bias, in fp32) → y (M, N) fp16, through shared memory so that the stores are 16
     bytes along n (4-byte stores along m straight from the MMA layout: 15 % slower at M = 2048)."""
-    if HAS_BIAS:
-        bn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc.type.layout))
-        acc += gl.load(b_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+    acc = _tile_bias(acc, b_ptr, N, n0, HAS_BIAS, BLOCK_N)
     out_l: gl.constexpr = gl.BlockedLayout([8, 1], [BLOCK_N // 8, 256 // BLOCK_N], [1, W], [0, 1])
     y = gl.convert_layout(acc.to(gl.float16), out_l)
     yn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_l))
@@ -743,9 +750,7 @@ def _tma_epilogue(acc, b_ptr, y_desc, y_smem, N, m0, n0, HAS_BIAS: gl.constexpr,
     (edges clipped by the descriptor). The warpgroup goes on at once; the next tile's epilogue first
     waits until this store has read the buffer. Against ``_gemm_epilogue``: no rounds of shared-memory
     scratch with two barriers each (16 per 64 × 256 tile)."""
-    if HAS_BIAS:
-        bn = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc.type.layout))
-        acc += gl.load(b_ptr + bn, mask=bn < N, other=0.0).to(gl.float32)[:, None]
+    acc = _tile_bias(acc, b_ptr, N, n0, HAS_BIAS, BLOCK_N)
     tma.store_wait(0)
     _barrier()  # the previous store has read the buffer: every warp may overwrite it
     y_smem.permute((1, 0)).store(acc.to(gl.float16))
