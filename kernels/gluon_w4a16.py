@@ -816,6 +816,14 @@ def _span_mma(acc, w0, w1, zw, s, zsh, magic, zero3, x_smem, ready, slot, phase,
 
 
 @gluon.jit
+def _gemm_tile(t, M, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr):
+    """Tile t's first token and first weight row: consecutive tiles share a weight tile, so it is read
+    from HBM once while the programs that use it run side by side."""
+    m_tiles = gl.cdiv(M, BLOCK_M)
+    return (t % m_tiles) * BLOCK_M, (t // m_tiles) * TILE_N
+
+
+@gluon.jit
 def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, stride_ym,
                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, W: gl.constexpr,
                  WORD_L: gl.constexpr, STAGES: gl.constexpr):
@@ -825,10 +833,7 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[W, 1],
                                                   instr_shape=[16, BLOCK_M, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    m_tiles = gl.cdiv(M, BLOCK_M)
-    pid = gl.program_id(0)
-    m0 = (pid % m_tiles) * BLOCK_M  # consecutive programs share a weight tile: it is read from HBM once
-    n0 = (pid // m_tiles) * BLOCK_N
+    m0, n0 = _gemm_tile(gl.program_id(0), M, BLOCK_M, BLOCK_N)
     spans = K // SPAN
     rows, wofs, zsh, magic, zero3 = _gemm_rows(n0, N, k8, BLOCK_N, WORD_L)
 
@@ -858,14 +863,6 @@ def _gemm_kernel(x_desc, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, strid
 
 
 @gluon.jit
-def _ws_tile(t, M, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr):
-    """Tile t's first token and first weight row: consecutive tiles share a weight tile, so it is read
-    from HBM once while the programs that use it run side by side."""
-    m_tiles = gl.cdiv(M, BLOCK_M)
-    return (t % m_tiles) * BLOCK_M, (t // m_tiles) * TILE_N
-
-
-@gluon.jit
 def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, y_desc, y_smem, M, N, K, k8,
                  stride_ym, HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, HALF_N: gl.constexpr, WORD_L: gl.constexpr,
                  STAGES: gl.constexpr, CONSUMERS: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr,
@@ -882,7 +879,7 @@ def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr
     tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, CONSUMERS * HALF_N)
     step = gl.num_programs(0)
     spans = K // SPAN
-    m0, n0 = _ws_tile(gl.program_id(0), M, BLOCK_M, CONSUMERS * HALF_N)
+    m0, n0 = _gemm_tile(gl.program_id(0), M, BLOCK_M, CONSUMERS * HALF_N)
     rows, wofs, zsh, magic, zero3 = _gemm_rows(n0 + WG * HALF_N, N, k8, HALF_N, WORD_L)
     w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
     g = 0
@@ -896,7 +893,7 @@ def _ws_consumer(x_smem, ready, empty, turn, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr
             mbarrier.arrive(empty.index(slot), count=1)
             w0, w1, zw, s = w0_n, w1_n, zw_n, s_n
             g += 1
-        m1, n1 = _ws_tile(gl.minimum(t + step, tiles - 1), M, BLOCK_M, CONSUMERS * HALF_N)
+        m1, n1 = _gemm_tile(gl.minimum(t + step, tiles - 1), M, BLOCK_M, CONSUMERS * HALF_N)
         if step < tiles:  # persistent: the next tile's first span in flight during the epilogue
             rows, wofs, zsh, magic, zero3 = _gemm_rows(n1 + WG * HALF_N, N, k8, HALF_N, WORD_L)
             w0, w1, zw, s = _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, 0)
@@ -918,7 +915,7 @@ def _ws_producer(x_desc, x_smem, ready, empty, M, N, K, BLOCK_M: gl.constexpr, T
     spans = K // SPAN
     g = 0
     for t in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        m0, _ = _ws_tile(t, M, BLOCK_M, TILE_N)
+        m0, _ = _gemm_tile(t, M, BLOCK_M, TILE_N)
         for sp in range(spans):
             slot = g % STAGES
             mbarrier.wait(empty.index(slot), ((g // STAGES) & 1) ^ 1)
