@@ -103,12 +103,11 @@ def _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N: gl.constexpr, b_l: gl.c
 
 
 @gluon.jit
-def _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS: gl.constexpr,
+def _flush(acc, tile, sp, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS: gl.constexpr,
            BLOCK_N: gl.constexpr):
-    """After unit u: if the run leaves its tile (or ends), add the sum into the output and restart
-    it at zero. The bias is added once, by the run that holds the tile's first span."""
-    tile = u // spans
-    if (u - tile * spans == spans - 1) | (u == u1 - 1):
+    """After unit u (span sp of ``tile``): if the run leaves its tile (or ends), add the sum into the
+    output and restart it at zero. The bias is added once, by the run that holds the tile's first span."""
+    if (sp == spans - 1) | (u == u1 - 1):
         yn = tile * BLOCK_N + ar_yn
         if HAS_BIAS:
             bias = gl.load(b_ptr + yn, mask=yn < N, other=0.0).to(gl.float32)
@@ -126,7 +125,8 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     """Stream-K: the work is (column tile, span) units in tile-major order, and each program takes
     an equal run of consecutive units, flushing its sum into the output whenever its run leaves a
     tile (and at its end). Every program streams the same number of bytes (±1 span): no tail
-    wave, whatever the shape and the number of SMs."""
+    wave, whatever the shape and the number of SMs. The unit's span and tile are counted on from
+    the run's first unit, not divided out of each."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -136,6 +136,8 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     spans = K // SPAN
     u0 = gl.program_id(0) * units_per_program
     u1 = gl.minimum(u0 + units_per_program, gl.cdiv(N, BLOCK_N) * spans)
+    tile = u0 // spans
+    sp0 = u0 - tile * spans
     ar_n = gl.arange(0, BLOCK_N, layout=n_l)
     offs_t = gl.arange(0, 4, layout=t_l)
     offs_j = gl.arange(0, 4, layout=j_l)
@@ -154,24 +156,28 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
     # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
-    sp, cols = _unit(u0, spans, ar_n, N, BLOCK_N)
+    sp = sp0
+    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)  # past N: column N − 1, never stored (16-byte loads, no mask)
     words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
     zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
     s = gl.load(s_ptr + sp * N + cols)
     a = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
     for u in range(u0, u1):
-        sp, cols = _unit(gl.minimum(u + 1, u1 - 1), spans, ar_n, N, BLOCK_N)
-        words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
-        zw_n = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
-        s_n = gl.load(s_ptr + sp * N + cols)
-        a_n = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
+        wrap = (sp + 1 == spans).to(gl.int32)  # the next unit; past the run it reads column N − 1 or span 0
+        sp_n = sp + 1 - wrap * spans
+        tile_n = tile + wrap
+        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
+        words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp_n * (SPAN // 8), eviction_policy="evict_first")
+        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
+        s_n = gl.load(s_ptr + sp_n * N + cols)
         b = _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N, b_l)
+        a_n = gl.load(x_ptr + xofs + sp_n * SPAN, mask=xmask, other=0.0)
         _barrier()  # every warp has read the previous step's x
         x_smem.store(a)
         _barrier()
         acc = mma_v2(x_smem.load(a_l), b, acc)
-        acc = _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
-        words, zw, s, a = words_n, zw_n, s_n, a_n
+        acc = _flush(acc, tile, sp, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
+        words, zw, s, a, sp, tile = words_n, zw_n, s_n, a_n, sp_n, tile_n
 
 
 @gluon.jit
@@ -231,7 +237,9 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         s_n = gl.load(s_ptr + sp * N + cols)
         b = _b_operand(w_smem.index(it % STAGES).load(WORD_L), zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
-        acc = _flush(acc, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
+        tile = u // spans
+        acc = _flush(acc, tile, u - tile * spans, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn,
+                     HAS_BIAS, BLOCK_N)
         zw, s = zw_n, s_n
     async_copy.wait_group(0)
 

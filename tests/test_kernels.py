@@ -450,12 +450,15 @@ def test_gluon_row_kernel_shared_x_compiles(capability):
 def test_gluon_kernel_compiles_for_hopper_and_orin(capability, stages):
     """Compiled for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive by
     16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
-    compile if a layout conversion were needed)."""
+    compile if a layout conversion were needed). The register pipeline counts its units' spans and
+    tiles on: one integer division in all (the run's first unit), two barriers a unit."""
     pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     ptx = _gluon_ptx("compile_for", capability, stages=stages)
     loads = "cp.async.cg.shared.global" if stages else "ld.global.v4"  # 16-byte copies, 16-byte loads
     assert ptx.count(loads) >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
     assert "shfl" not in ptx
+    if not stages:
+        assert ptx.count("div.s32") + ptx.count("rem.s32") == 1 and ptx.count("bar.sync") == 2
 
 
 def test_dispatch_on_cpu_is_the_reference_and_is_logged(caplog):
