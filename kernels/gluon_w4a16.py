@@ -66,11 +66,17 @@ def _pair(words, P: gl.constexpr, magic, base, scale):
 
 
 @gluon.jit
+def _tile_cols(tile, ar_n, N, BLOCK_N: gl.constexpr):
+    """The tile's columns; those past N read column N − 1, never stored, so the loads need no mask
+    and stay 16-byte vectors."""
+    return gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+
+
+@gluon.jit
 def _unit(u, spans, ar_n, N, BLOCK_N: gl.constexpr):
-    """Unit u's span and its tile's columns (those past N read column N − 1, never stored, so the
-    loads need no mask and stay 16-byte vectors)."""
+    """Unit u's span and its tile's columns."""
     tile = u // spans
-    return u - tile * spans, gl.minimum(tile * BLOCK_N + ar_n, N - 1)
+    return u - tile * spans, _tile_cols(tile, ar_n, N, BLOCK_N)
 
 
 @gluon.jit
@@ -157,7 +163,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
     # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
     sp = sp0
-    cols = gl.minimum(tile * BLOCK_N + ar_n, N - 1)  # past N: column N − 1, never stored (16-byte loads, no mask)
+    cols = _tile_cols(tile, ar_n, N, BLOCK_N)
     words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
     zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
     s = gl.load(s_ptr + sp * N + cols)
@@ -166,7 +172,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         wrap = (sp + 1 == spans).to(gl.int32)  # the next unit; past the run it reads column N − 1 or span 0
         sp_n = sp + 1 - wrap * spans
         tile_n = tile + wrap
-        cols = gl.minimum(tile_n * BLOCK_N + ar_n, N - 1)
+        cols = _tile_cols(tile_n, ar_n, N, BLOCK_N)
         words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp_n * (SPAN // 8), eviction_policy="evict_first")
         zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
         s_n = gl.load(s_ptr + sp_n * N + cols)
