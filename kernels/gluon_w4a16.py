@@ -73,10 +73,17 @@ def _tile_cols(tile, ar_n, N, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
+def _tile_span(u, spans):
+    """Unit u's column tile and its span in that tile (units in tile-major order)."""
+    tile = u // spans
+    return tile, u - tile * spans
+
+
+@gluon.jit
 def _unit(u, spans, ar_n, N, BLOCK_N: gl.constexpr):
     """Unit u's span and its tile's columns."""
-    tile = u // spans
-    return u - tile * spans, _tile_cols(tile, ar_n, N, BLOCK_N)
+    tile, sp = _tile_span(u, spans)
+    return sp, _tile_cols(tile, ar_n, N, BLOCK_N)
 
 
 @gluon.jit
@@ -142,8 +149,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     spans = K // SPAN
     u0 = gl.program_id(0) * units_per_program
     u1 = gl.minimum(u0 + units_per_program, gl.cdiv(N, BLOCK_N) * spans)
-    tile = u0 // spans
-    sp0 = u0 - tile * spans
+    tile, sp = _tile_span(u0, spans)
     ar_n = gl.arange(0, BLOCK_N, layout=n_l)
     offs_t = gl.arange(0, 4, layout=t_l)
     offs_j = gl.arange(0, 4, layout=j_l)
@@ -162,7 +168,6 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     ar_yn = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
     acc = gl.zeros([16, BLOCK_N], gl.float32, mma)
     # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
-    sp = sp0
     cols = _tile_cols(tile, ar_n, N, BLOCK_N)
     words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
     zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
@@ -243,9 +248,8 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         s_n = gl.load(s_ptr + sp * N + cols)
         b = _b_operand(w_smem.index(it % STAGES).load(WORD_L), zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
-        tile = u // spans
-        acc = _flush(acc, tile, u - tile * spans, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn,
-                     HAS_BIAS, BLOCK_N)
+        tile, sp = _tile_span(u, spans)
+        acc = _flush(acc, tile, sp, u, u0, u1, spans, b_ptr, y_ptr, M, N, stride_ym, ym, ar_yn, HAS_BIAS, BLOCK_N)
         zw, s = zw_n, s_n
     async_copy.wait_group(0)
 
