@@ -3,8 +3,8 @@
 order, half2 or integer math, sm_80+) and a prefill GEMM for Hopper (``mma_gemm``, below).
 
 Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16`` for a span of
-128 k (four k-steps), so the codes become half2 in the registers that loaded them — one shift,
-one LOP3, one HADD2 (minus 1024 and the zero point) and one HMUL2 (the scale) per pair — and
+128 k (four k-steps), so the codes become half2 in the registers that loaded them — per pair one
+LOP3, one HADD2 or HFMA2 (to q − z, exact) and one HMUL2 (the scale), one shift per word — and
 reach the tensor cores with no layout conversion (``convert_layout(..., assert_trivial=True)``
 fails the compile if one were needed). x (16 × 128 per step) goes through shared memory once per
 program. The (column tile, span) units are shared out stream-K style, equal runs per program;
@@ -51,15 +51,21 @@ def _zero_shift(cols):
 
 
 @gluon.jit
-def _pair(words, P: gl.constexpr, magic, base, scale):
-    """Nibbles P and P + 4 (bits 4P and 4P + 16: k and k + 1 of a fragment) as (q − z)·s in half2:
-    the LOP3 puts each nibble under the bit pattern of 1024, the HADD2 subtracts 1024 + z (exact),
-    the HMUL2 rounds the product with the scale once, as the torch reference does."""
-    v = gl.inline_asm_elementwise(
-        "{.reg .b32 t; shr.u32 t, $1, $5; lop3.b32 t, t, 0x000F000F, $4, 0xEA; "
-        "add.f16x2 t, t, $2; mul.f16x2 $0, t, $3;}",
-        "=r,r,r,r,r,r", [words, base, scale, magic, gl.full(words.shape, 4 * P, gl.int32, words.type.layout)],
-        dtype=gl.int32, is_pure=True, pack=1)
+def _pair(words, ODD: gl.constexpr, magic, base, scale):
+    """Nibbles P and P + 4 (bits 4P and 4P + 16: k and k + 1 of a fragment) as (q − z)·s in half2;
+    ``words`` holds nibble P at bit 0 (P even) or 4 (``ODD``): the caller shifts once for P = 2, 3. The
+    LOP3 puts the nibble under the bit pattern of 1024: 1024 + q, or 1024 + 16q for an odd one; one
+    HADD2 with ``base`` = −(1024 + z), or one HFMA2 by 1/16 with ``base`` = −(64 + z), leaves q − z
+    exactly, and the HMUL2 rounds the product with the scale once, as the torch reference does."""
+    if ODD:
+        v = gl.inline_asm_elementwise(
+            "{.reg .b32 t, h; mov.b32 h, 0x2C002C00; lop3.b32 t, $1, 0x00F000F0, $4, 0xEA; "
+            "fma.rn.f16x2 t, t, h, $2; mul.f16x2 $0, t, $3;}",
+            "=r,r,r,r,r", [words, base, scale, magic], dtype=gl.int32, is_pure=True, pack=1)
+    else:
+        v = gl.inline_asm_elementwise(
+            "{.reg .b32 t; lop3.b32 t, $1, 0x000F000F, $4, 0xEA; add.f16x2 t, t, $2; mul.f16x2 $0, t, $3;}",
+            "=r,r,r,r,r", [words, base, scale, magic], dtype=gl.int32, is_pure=True, pack=1)
     lo = v.to(gl.int16).to(gl.float16, bitcast=True)
     hi = (v >> 16).to(gl.int16).to(gl.float16, bitcast=True)
     return gl.join(lo, hi)
@@ -87,6 +93,12 @@ def _unit(u, spans, ar_n, N, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
+def _zero_words(qz_ptr, sp, N, cols):
+    """Span sp's packed zero points of columns ``cols`` (never negative, so a shift, not a signed division)."""
+    return gl.load(qz_ptr + sp * (N // 8) + (cols >> 3))
+
+
+@gluon.jit
 def _word_offsets(cols, k8, tj):
     """Offsets of the columns' words 4t … 4t + 3 of span 0: one 16-byte vector per thread."""
     return gl.max_contiguous(gl.multiple_of(cols[:, None, None] * k8 + tj, [1, 1, 4]), [1, 1, 4])
@@ -96,13 +108,17 @@ def _word_offsets(cols, k8, tj):
 def _codes(words, zw, s, zsh, magic, zero3):
     """(n, t, j) words, packed zero points and scales → (q − z)·s as (n, j, P1, P0, t, d0): the k
     of a fragment in natural order, in the registers that loaded the words."""
-    z = ((zw >> zsh) & 0xF).to(gl.float32)
-    hb = (-(1024.0 + z)).to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    z = (zw >> zsh) & 0xF
+    zz = z | (z << 16)
+    # half2 −(1024 + z) and −(64 + z), sign and exponent ORed onto the mantissa: fp16 steps by 1
+    # at 1024 and by 1/16 at 64
+    even = (zz | -0x1BFF1C00)[:, None, None] + zero3  # 0xE400E400
+    odd = ((zz << 4) | -0x2BFF2C00)[:, None, None] + zero3  # 0xD400D400
     hs = s.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    base = (hb | (hb << 16))[:, None, None] + zero3
     scale = (hs | (hs << 16))[:, None, None] + zero3
-    p0 = gl.join(_pair(words, 0, magic, base, scale), _pair(words, 1, magic, base, scale))  # (n,t,j,d0,P0)
-    p1 = gl.join(_pair(words, 2, magic, base, scale), _pair(words, 3, magic, base, scale))
+    hi = words >> 8  # nibbles 2, 3 (6, 7) where nibbles 0, 1 (4, 5) were: one shift for both pairs
+    p0 = gl.join(_pair(words, False, magic, even, scale), _pair(words, True, magic, odd, scale))  # (n,t,j,d0,P0)
+    p1 = gl.join(_pair(hi, False, magic, even, scale), _pair(hi, True, magic, odd, scale))
     codes = gl.join(p0, p1)  # (n, t, j, d0, P0, P1)
     return gl.permute(codes, [0, 2, 5, 4, 1, 3])
 
@@ -170,7 +186,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
     cols = _tile_cols(tile, ar_n, N, BLOCK_N)
     words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
-    zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+    zw = _zero_words(qz_ptr, sp, N, cols)
     s = gl.load(s_ptr + sp * N + cols)
     a = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
     for u in range(u0, u1):
@@ -179,7 +195,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         tile_n = tile + wrap
         cols = _tile_cols(tile_n, ar_n, N, BLOCK_N)
         words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp_n * (SPAN // 8), eviction_policy="evict_first")
-        zw_n = gl.load(qz_ptr + sp_n * (N // 8) + cols // 8)
+        zw_n = _zero_words(qz_ptr, sp_n, N, cols)
         s_n = gl.load(s_ptr + sp_n * N + cols)
         b = _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         a_n = gl.load(x_ptr + xofs + sp_n * SPAN, mask=xmask, other=0.0)
@@ -232,7 +248,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         _cp_async(x_smem.index(i), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
     sp, cols = _unit(u0, spans, ar_n, N, BLOCK_N)
-    zw = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+    zw = _zero_words(qz_ptr, sp, N, cols)
     s = gl.load(s_ptr + sp * N + cols)
     for u in range(u0, u1):
         it = u - u0
@@ -244,7 +260,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         _cp_async(x_smem.index(slot), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
         sp, cols = _unit(gl.minimum(u + 1, u1 - 1), spans, ar_n, N, BLOCK_N)
-        zw_n = gl.load(qz_ptr + sp * (N // 8) + cols // 8)
+        zw_n = _zero_words(qz_ptr, sp, N, cols)
         s_n = gl.load(s_ptr + sp * N + cols)
         b = _b_operand(w_smem.index(it % STAGES).load(WORD_L), zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
@@ -799,7 +815,7 @@ def _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, sp):
     """Span sp of the tile's rows: both halves' words, packed zero points and scales."""
     w0 = gl.load(qm_ptr + wofs + sp * (SPAN // 8), eviction_policy="evict_last")
     w1 = gl.load(qm_ptr + wofs + sp * (SPAN // 8) + 2, eviction_policy="evict_last")
-    return w0, w1, gl.load(qz_ptr + sp * (N // 8) + rows // 8), gl.load(s_ptr + sp * N + rows)
+    return w0, w1, _zero_words(qz_ptr, sp, N, rows), gl.load(s_ptr + sp * N + rows)
 
 
 @gluon.jit

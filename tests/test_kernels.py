@@ -451,12 +451,16 @@ def test_gluon_kernel_compiles_for_hopper_and_orin(capability, stages):
     """Compiled for sm_90 (the H100) and sm_87 (Jetson Orin), no GPU needed: the words arrive by
     16-byte loads and reach the tensor cores without a shuffle (``assert_trivial`` would fail the
     compile if a layout conversion were needed). The register pipeline counts its units' spans and
-    tiles on: one integer division in all (the run's first unit), two barriers a unit."""
+    tiles on: one integer division in all (the run's first unit), two barriers a unit. The codes:
+    one HADD2 (nibbles 0, 2) or HFMA2 (nibbles 1, 3, by 1/16) per pair, then the HMUL2 by the scale;
+    the zero points' half2 built by bit operations, no conversion to fp16."""
     pytest.importorskip("edge_awq.kernels.gluon_w4a16", reason="this Triton has no Gluon")
     ptx = _gluon_ptx("compile_for", capability, stages=stages)
     loads = "cp.async.cg.shared.global" if stages else "ld.global.v4"  # 16-byte copies, 16-byte loads
     assert ptx.count(loads) >= 4 and ptx.count("mma.sync.aligned.m16n8k16") >= 32
     assert "shfl" not in ptx
+    assert ptx.count("fma.rn.f16x2") == ptx.count("add.f16x2") == ptx.count("mul.f16x2") // 2 > 0
+    assert "cvt.rn.f16" not in ptx
     if not stages:
         assert ptx.count("div.s32") + ptx.count("rem.s32") == 1 and ptx.count("bar.sync") == 2
 
