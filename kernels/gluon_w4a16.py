@@ -93,9 +93,10 @@ def _unit(u, spans, ar_n, N, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def _zero_words(qz_ptr, sp, N, cols):
-    """Span sp's packed zero points of columns ``cols`` (never negative, so a shift, not a signed division)."""
-    return gl.load(qz_ptr + sp * (N // 8) + (cols >> 3))
+def _zeros_scales(qz_ptr, s_ptr, sp, N, cols):
+    """Span sp's packed zero points and scales of columns ``cols`` (never negative: the zero words'
+    index by a shift, not a signed division)."""
+    return gl.load(qz_ptr + sp * (N // 8) + (cols >> 3)), gl.load(s_ptr + sp * N + cols)
 
 
 @gluon.jit
@@ -186,8 +187,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
     # software pipeline: the next unit's words, zeros, scales and x are loaded before this unit's math
     cols = _tile_cols(tile, ar_n, N, BLOCK_N)
     words = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp * (SPAN // 8), eviction_policy="evict_first")
-    zw = _zero_words(qz_ptr, sp, N, cols)
-    s = gl.load(s_ptr + sp * N + cols)
+    zw, s = _zeros_scales(qz_ptr, s_ptr, sp, N, cols)
     a = gl.load(x_ptr + xofs + sp * SPAN, mask=xmask, other=0.0)
     for u in range(u0, u1):
         wrap = (sp + 1 == spans).to(gl.int32)  # the next unit; past the run it reads column N − 1 or span 0
@@ -195,8 +195,7 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
         tile_n = tile + wrap
         cols = _tile_cols(tile_n, ar_n, N, BLOCK_N)
         words_n = gl.load(qm_ptr + _word_offsets(cols, k8, tj) + sp_n * (SPAN // 8), eviction_policy="evict_first")
-        zw_n = _zero_words(qz_ptr, sp_n, N, cols)
-        s_n = gl.load(s_ptr + sp_n * N + cols)
+        zw_n, s_n = _zeros_scales(qz_ptr, s_ptr, sp_n, N, cols)
         b = _b_operand(words, zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         a_n = gl.load(x_ptr + xofs + sp_n * SPAN, mask=xmask, other=0.0)
         _barrier()  # every warp has read the previous step's x
@@ -248,8 +247,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         _cp_async(x_smem.index(i), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
     sp, cols = _unit(u0, spans, ar_n, N, BLOCK_N)
-    zw = _zero_words(qz_ptr, sp, N, cols)
-    s = gl.load(s_ptr + sp * N + cols)
+    zw, s = _zeros_scales(qz_ptr, s_ptr, sp, N, cols)
     for u in range(u0, u1):
         it = u - u0
         async_copy.wait_group(STAGES - 2)  # this thread's copies of unit u have landed
@@ -260,8 +258,7 @@ def _mma_rows_cp_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8,
         _cp_async(x_smem.index(slot), x_ptr + xofs + sp * SPAN, xmask)
         async_copy.commit_group()
         sp, cols = _unit(gl.minimum(u + 1, u1 - 1), spans, ar_n, N, BLOCK_N)
-        zw_n = _zero_words(qz_ptr, sp, N, cols)
-        s_n = gl.load(s_ptr + sp * N + cols)
+        zw_n, s_n = _zeros_scales(qz_ptr, s_ptr, sp, N, cols)
         b = _b_operand(w_smem.index(it % STAGES).load(WORD_L), zw, s, zsh, magic, zero3, BLOCK_N, b_l)
         acc = mma_v2(x_smem.index(it % STAGES).load(a_l), b, acc)
         tile, sp = _tile_span(u, spans)
@@ -815,7 +812,8 @@ def _span_words(qm_ptr, qz_ptr, s_ptr, wofs, rows, N, sp):
     """Span sp of the tile's rows: both halves' words, packed zero points and scales."""
     w0 = gl.load(qm_ptr + wofs + sp * (SPAN // 8), eviction_policy="evict_last")
     w1 = gl.load(qm_ptr + wofs + sp * (SPAN // 8) + 2, eviction_policy="evict_last")
-    return w0, w1, _zero_words(qz_ptr, sp, N, rows), gl.load(s_ptr + sp * N + rows)
+    zw, s = _zeros_scales(qz_ptr, s_ptr, sp, N, rows)
+    return w0, w1, zw, s
 
 
 @gluon.jit
