@@ -7,11 +7,12 @@ Each thread's 16-byte load is exactly its B-operand fragment of ``mma.m16n8k16``
 LOP3, one HADD2 or HFMA2 (to q − z, exact) and one HMUL2 (the scale), one shift per word — and
 reach the tensor cores with no layout conversion (``convert_layout(..., assert_trivial=True)``
 fails the compile if one were needed). x (16 × 128 per step) goes through shared memory once per
-program. The (column tile, span) units are shared out stream-K style, equal runs per program;
-partial sums are added into a zeroed fp32 output with atomics. The next unit's words, zeros,
-scales and x are loaded before this unit's math (a software pipeline in registers). Plain
-Triton cannot express this: it picks the register layout of a dequantized tile itself and
-converts it to the dot operand through shared memory (docs/kernel-notes.md, versions 17 and 18).
+program. The (column tile, span) units are shared out stream-K style, equal runs per program
+(the last one shorter); partial sums are added into a zeroed fp32 output with atomics. The next
+unit's words, zeros, scales and x are loaded before this unit's math (a software pipeline in
+registers). Plain Triton cannot express this: it picks the register layout of a dequantized tile
+itself and converts it to the dot operand through shared memory (docs/kernel-notes.md, versions 17
+and 18).
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def _mma_rows_kernel(x_ptr, qm_ptr, qz_ptr, s_ptr, b_ptr, y_ptr, M, N, K, k8, st
                      WORD_L: gl.constexpr):
     """Stream-K: the work is (column tile, span) units in tile-major order, and each program takes
     an equal run of consecutive units, flushing its sum into the output whenever its run leaves a
-    tile (and at its end). Every program streams the same number of bytes (±1 span): no tail
-    wave, whatever the shape and the number of SMs. The unit's span and tile are counted on from
-    the run's first unit, not divided out of each."""
+    tile (and at its end). Every program but the last streams the same number of bytes (the last
+    may stream fewer): no tail wave, whatever the shape and the number of SMs. The unit's span and
+    tile are counted on from the run's first unit, not divided out of each."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, W], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
